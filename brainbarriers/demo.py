@@ -11,7 +11,7 @@ from pathlib import Path
 from .io import atomic_path, load_volume
 from .labels import SEGMENTS_BY_OUTPUT
 from .metrics import brats_scores, dice, label_dice
-from .pipeline.core import FINAL_OUTPUTS, _check_output_folder
+from .pipeline.core import FINAL_OUTPUTS, check_output_folder
 from .volume import Volume
 
 DEMO_SEQUENCES = ("t1", "t1ce", "t2", "flair")
@@ -32,7 +32,7 @@ EVALUATORS: dict[str, Callable[[Volume, Volume], dict]] = {
 
 def copy_demo_inputs(out: Path) -> dict[str, Path]:
     """Copy the demo case (sequences and truths) to ``out/inputs``; returns the sequences' paths."""
-    _check_output_folder(out)
+    check_output_folder(out)
     inputs = out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
     for src in sorted(demo_case_folder().glob("*.nii.gz")):

@@ -62,9 +62,12 @@ def load_volume(path: str | Path, *, allow_empty: bool = False) -> Volume:
                 )
         except InputError:
             raise
-        except (OSError, EOFError, zlib.error, gzip.BadGzipFile, RuntimeError, ValueError) as e:
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile, RuntimeError, ValueError,
+                nib.filebasedimages.ImageFileError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise InputError(path, f"cannot be read, the file is corrupt or truncated ({reason})")
+            raise InputError(
+                path, f"cannot be read, the file is corrupt or truncated ({reason})"
+            ) from e
     check_volume(volume, path, allow_empty=allow_empty)
     return volume
 
@@ -117,7 +120,7 @@ def _read_dicom_series(folder: Path) -> Volume:
     try:
         image = reader.Execute()
     except RuntimeError as e:
-        raise InputError(folder, f"DICOM series cannot be read ({str(e).splitlines()[0]})")
+        raise InputError(folder, f"DICOM series cannot be read ({str(e).splitlines()[0]})") from e
     return _from_sitk(image, folder)
 
 

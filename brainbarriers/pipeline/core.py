@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -102,6 +102,10 @@ class Step:
     version: str = "1"
     description: str = ""
 
+    @property
+    def declared_inputs(self) -> tuple[str, ...]:
+        return self.sequences + self.inputs + self.optional_inputs
+
 
 class StepContext:
     """What a step sees: its inputs (canonical grid), options, device, progress, cancel, warnings."""
@@ -117,7 +121,7 @@ class StepContext:
         return self._run.has(product)
 
     def get(self, product: str) -> Volume:
-        if product not in self.step.inputs + self.step.optional_inputs:
+        if product not in self.step.declared_inputs:
             raise KeyError(f"step {self.step.name} did not declare input {product!r}")
         return self._run.get(product)
 
@@ -169,14 +173,18 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
-def _check_output_folder(out: Path) -> None:
+def check_output_folder(out: Path) -> None:
+    """Fail early, before anything is written, if the run folder cannot be made or written."""
     existing = out
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(existing, "is not a folder; cannot write the output folder there")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(existing if existing == out else out, "output folder is not writable")
+        raise InputError(existing, "is a file, so the output folder cannot be created there")
+    try:  # a real write test: permission bits do not tell for root or read-only file systems
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(out, f"output folder is not writable ({e.strerror or e})") from e
 
 
 class PipelineRun:
@@ -214,7 +222,7 @@ class PipelineRun:
         self._check_plan()
         self.reference = self._choose_reference(reference)
         self.device = resolve_device(device)
-        _check_output_folder(self.out)
+        check_output_folder(self.out)
         self.volumes = self._load_inputs()
         ref = self.volumes[self.reference]
         self.user_grid: Grid = ref.grid
@@ -335,7 +343,7 @@ class PipelineRun:
         return outputs
 
     def _run_step(self, step: Step, previous: dict | None) -> None:
-        inputs = [p for p in step.inputs + step.optional_inputs if self.has(p)]
+        inputs = [p for p in step.declared_inputs if self.has(p)]
         options = self.options.get(step.name, {})
         key = _hash({"step": step.name, "version": step.version, "options": options,
                      "device": self.device if options.get("device_dependent") else None,
