@@ -84,7 +84,7 @@ TUMOR_SEGMENTS: dict[int, SegmentSpec] = {
 # Anatomical Barriers to Cancer spread. The ABCs 2020 challenge joins 3 and 4 as "sinuses".
 BARRIER_SEGMENTS: dict[int, SegmentSpec] = {
     1: SegmentSpec("falx", "Falx cerebri", _rgb(230, 150, 35), ANATOMICAL_STRUCTURE,
-                   ("SCT", "30133001", "Falx cerebri"), context=OWN_CONTEXT),
+                   ("SCT", "279275004", "Falx cerebri"), context=OWN_CONTEXT),
     2: SegmentSpec("tentorium", "Tentorium cerebelli", _rgb(180, 100, 220), ANATOMICAL_STRUCTURE,
                    ("SCT", "19040005", "Tentorium cerebelli"), context=OWN_CONTEXT),
     3: SegmentSpec("sagittal_sinus", "Sagittal brain sinus", _rgb(0, 120, 255),
@@ -101,7 +101,7 @@ BARRIER_SEGMENTS: dict[int, SegmentSpec] = {
 
 CTV_SEGMENT = SegmentSpec(
     "ctv", "CTV", _rgb(255, 90, 200), ("SCT", "246464006", "Function"),
-    ("SCT", "228793007", "Clinical Target Volume"), context=OWN_CONTEXT,
+    ("SCT", "228792002", "Clinical target volume"), context=OWN_CONTEXT,
 )
 
 # Output key -> the segments its label map holds. Keys are the pipeline's output names.

@@ -47,9 +47,12 @@ def parse_options(items: list[str]) -> dict[str, dict]:
     return options
 
 
-def execute(inputs: dict, out: Path, args: argparse.Namespace, *, extra_options=None) -> int:
-    """Run the pipeline with the reporter and cancellation the flags ask for."""
-    reporter = JsonLinesReporter() if args.json_progress else TqdmReporter()
+def execute(inputs: dict, out: Path, args: argparse.Namespace, *, extra_options=None,
+            reporter=None) -> int:
+    """Run the pipeline with the reporter and cancellation the flags ask for (``reporter``: a
+    JsonLinesReporter on a stream of the caller's, e.g. the worker's protocol stream)."""
+    if reporter is None:
+        reporter = JsonLinesReporter() if args.json_progress else TqdmReporter()
     token = CancelToken()
     restore = cancel_on_signals(token)
     try:
