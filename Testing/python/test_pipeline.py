@@ -206,3 +206,20 @@ def test_missing_sequence_and_bad_folder_leave_nothing(tmp_path, crop):
     with pytest.raises(InputError, match="given both as t1 and as t2"):
         PipelineRun({"t1": path, "t2": path}, tmp_path / "out", [THRESHOLD])
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_a_step_no_longer_makes_is_removed(tmp_path, crop):
+    """A rerun whose step makes no CTV (say, an empty GTV) must not leave the earlier CTV file."""
+    def maybe(ctx):
+        if ctx.options.get("make"):
+            return {"ctv": ctx.new_volume((ctx.get("t1").array > 115).astype(np.uint8))}
+        return {}
+
+    step = Step("maybe", maybe, sequences=("t1",), optional_outputs=("ctv",), labels=("ctv",))
+    path = tmp_path / "t1.nii.gz"
+    save_volume(crop, path)
+    PipelineRun({"t1": path}, tmp_path / "run", [step], options={"maybe": {"make": True}}).run()
+    assert (tmp_path / "run" / "ctv.nii.gz").exists()
+    PipelineRun({"t1": path}, tmp_path / "run", [step], options={"maybe": {"make": False}}).run()
+    assert not (tmp_path / "run" / "ctv.nii.gz").exists()
+    assert not (tmp_path / "run" / "work" / "ctv.nii.gz").exists()

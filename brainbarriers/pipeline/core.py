@@ -396,9 +396,15 @@ class PipelineRun:
         from ..export import write_overview, write_segmentation
 
         written: dict[str, Path] = {}
+        declared = {p for step in self.steps for p in step.outputs + step.optional_outputs}
         for product, filename in FINAL_OUTPUTS.items():
             if self.has(product):
                 written[product] = save_volume(self.user_grid_volume(product), self.out / filename)
+            elif product in declared:
+                # A step of this run chose not to make it (e.g. no CTV from an empty GTV): an
+                # earlier run's file would now be wrong.
+                (self.out / filename).unlink(missing_ok=True)
+                self.work_path(product).unlink(missing_ok=True)
         for product in self._product_keys:
             if product.endswith("_brain"):  # skull-stripped sequences, for the user and later runs
                 written[product] = save_volume(
