@@ -28,6 +28,11 @@ MIN_EXTENT_MM = 50.0
 MIN_VOXELS = 8
 # Below this the networks have found no brain (a real partial-coverage head still gives more).
 MIN_BRAIN_ML = 100.0
+# The brain is set apart from the background by intensity: in a head the voxels around the brain
+# mask include dark air, whereas in noise they look just like the voxels inside.
+MIN_CONTRAST = 0.5
+# A brain has tissue classes: its intensities vary (coefficient of variation ~0.2-0.4 in MRI).
+MIN_TEXTURE = 0.02
 # deepbet runs on the image's own voxels when they are at most this coarse and this anisotropic.
 DEEPBET_NATIVE_MAX_MM = 1.3
 DEEPBET_NATIVE_MAX_RATIO = 1.3
@@ -69,17 +74,44 @@ def check_head_extent(volume: Volume) -> None:
         )
 
 
+def check_has_contrast(volume: Volume) -> None:
+    """Refuse an image whose nonzero voxels all have one value (a mask given as the image)."""
+    sample = volume.array[::2, ::2, ::2]  # statistics on every 8th voxel are as telling, and fast
+    values = sample[sample != 0]
+    low, high = np.percentile(values, [1, 99]) if values.size else (0.0, 0.0)
+    if high - low <= 1e-6 * max(abs(float(high)), 1.0):
+        raise InputError(
+            volume.source or None,
+            "has a single intensity in all its nonzero voxels: a mask or label map, not a head MRI",
+        )
+
+
 def _largest_component_filled(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component with its inner holes filled.
+
+    Worked out in the mask's bounding box plus one voxel (as deepbet does in its box): the same
+    result as on the whole volume, since everything outside the box is background.
+    """
     import cc3d
     import fill_voids
 
-    labels = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
-    if labels.max() == 0:
-        return mask.astype(bool)
+    mask = mask.astype(bool, copy=False)
+    out = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return out
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(int(present[0]) - 1, 0), int(present[-1]) + 2))
+    box = tuple(box)
+    labels = cc3d.connected_components(mask[box], connectivity=26)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     largest = labels == int(sizes.argmax())
-    return fill_voids.fill(largest, in_place=True)
+    # fill_voids treats the array's border as outside: pad so a box at the volume's edge is alike.
+    filled = fill_voids.fill(np.pad(largest, 1), in_place=True)[1:-1, 1:-1, 1:-1]
+    out[box] = filled
+    return out
 
 
 def check_is_brain(image: np.ndarray, mask: np.ndarray, voxel_ml: float, source: str) -> None:
@@ -90,6 +122,15 @@ def check_is_brain(image: np.ndarray, mask: np.ndarray, voxel_ml: float, source:
         raise InputError(
             where, f"no brain was found in the image ({volume_ml:.0f} ml): is it a head MRI?"
         )
+    # Statistics on every 8th voxel: as telling, and fast next to the network.
+    image, mask = image[::2, ::2, ::2], mask[::2, ::2, ::2]
+    inside = image[mask]
+    mean = float(inside.mean())
+    if float(inside.std()) < MIN_TEXTURE * max(abs(mean), 1e-6):
+        raise InputError(
+            where, "the image does not look like a head MRI: what the network calls brain is of "
+            "uniform intensity, without grey matter, white matter and CSF",
+        )
     contrast = brain_contrast(image, mask)
     if contrast < MIN_CONTRAST:
         raise InputError(
@@ -97,11 +138,6 @@ def check_is_brain(image: np.ndarray, mask: np.ndarray, voxel_ml: float, source:
             f"the image does not look like a head MRI: what the network calls brain is not set "
             f"apart from its surroundings (contrast {contrast:.2f}); noise or a non-head image?",
         )
-
-
-# The brain is set apart from the background by intensity: in a head the voxels around the brain
-# mask include dark air, whereas in noise they look just like the voxels inside.
-MIN_CONTRAST = 0.5
 
 
 def brain_contrast(image: np.ndarray, mask: np.ndarray) -> float:
@@ -136,8 +172,11 @@ def brain_mask(
                          f"(use {' or '.join(BACKENDS)})")
     if not 0.0 < threshold < 1.0:
         raise InputError(None, f"the threshold must lie between 0 and 1, got {threshold}")
+    if backend == "hdbet" and not 1 <= folds <= 5:
+        raise InputError(None, f"HD-BET has five folds: folds must be 1 to 5, got {folds}")
     report = progress or (lambda fraction, message: None)
     check_head_extent(volume)
+    check_has_contrast(volume)
     canonical = to_canonical(volume)
     image = canonical.with_array(canonical.array.astype(np.float32, copy=False))
     spacing = image.spacing
@@ -146,19 +185,24 @@ def brain_mask(
                   and spacing.max() / spacing.min() <= DEEPBET_NATIVE_MAX_RATIO)
         target = None if native else DEEPBET_SPACING_MM
     else:
-        target = 1.5
+        from .hdbet_backend import SPACING_MM as target
     model_input = image if target is None else resample_to(image, isotropic_grid(image.grid, target))
     report(0.05, f"{backend} on {model_input.grid.describe()}")
-    if backend == "deepbet":
-        from .deepbet_backend import predict
+    try:
+        if backend == "deepbet":
+            from .deepbet_backend import predict
 
-        probability = predict(model_input.array, device)
-    else:
-        from .hdbet_backend import predict as hdbet_predict
+            probability = predict(model_input.array, device)
+        else:
+            from .hdbet_backend import predict as hdbet_predict
 
-        probability = hdbet_predict(
-            model_input.array, device, folds=folds, tta=tta,
-            progress=lambda f, m: report(0.05 + 0.85 * f, m))
+            probability = hdbet_predict(
+                model_input.array, device, folds=folds, tta=tta,
+                progress=lambda f, m: report(0.05 + 0.85 * f, m))
+    except InputError as e:
+        if e.path is not None or not volume.source:
+            raise
+        raise InputError(volume.source, e.problem) from e
     report(0.9, "brain mask: threshold, largest component, holes filled")
     if target is not None:
         probability = resample_to(model_input.with_array(probability), image.grid).array

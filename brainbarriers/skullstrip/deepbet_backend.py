@@ -11,6 +11,7 @@ probability map; thresholding and the clean-up are shared with the other backend
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 
@@ -24,8 +25,11 @@ def extractor(device: str):
     from deepbet.bet import BrainExtraction
 
     paths = deepbet_weights()
-    bet = BrainExtraction(no_gpu=device == "cpu", model_path=str(paths["model.pt"]),
-                          bbox_model_path=str(paths["bbox_model.pt"]))
+    with warnings.catch_warnings():
+        # torch.jit.load is deprecated in recent torch; the files are pinned by sha256 above.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        bet = BrainExtraction(no_gpu=device == "cpu", model_path=str(paths["model.pt"]),
+                              bbox_model_path=str(paths["bbox_model.pt"]))
     # deepbet picks its own device (CUDA or Apple MPS when present); ours is the one asked for.
     bet.model.to(device)
     bet.bbox_model.to(device)

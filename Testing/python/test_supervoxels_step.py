@@ -1,0 +1,113 @@
+"""The supervoxels step through the pipeline and the ``brainbarriers supervoxels`` command.
+
+The skull-stripping step is another capability; a test-only stand-in makes the brain mask (from the
+phantom's truth) and the skull-stripped sequences, so the supervoxels step is exercised as the
+pipeline runs it: canonical grid in, label maps exported on the user's grid.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from brainbarriers.cli.main import main as cli_main
+from brainbarriers.geometry import resample_to, to_canonical
+from brainbarriers.io import load_volume
+from brainbarriers.pipeline import PipelineRun
+from brainbarriers.pipeline.core import Step
+from brainbarriers.supervoxels.step import STEP, compute_supervoxels
+
+SEQ = ("t1", "t1ce", "t2", "flair")
+
+
+def standin_skullstrip(truth_path) -> Step:
+    def run(ctx):
+        mask = resample_to(to_canonical(load_volume(truth_path)), ctx.grid, label=True).array > 0
+        out = {"brain_mask": ctx.new_volume(mask.astype(np.uint8))}
+        for s in ctx.sequences():
+            out[f"{s}_brain"] = ctx.new_volume(np.where(mask, ctx.get(s).array, 0).astype(np.float32))
+        return out
+
+    return Step(name="skullstrip", run=run, optional_inputs=SEQ, outputs=("brain_mask",),
+                optional_outputs=tuple(f"{s}_brain" for s in SEQ), labels=("brain_mask",))
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(small_case_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sv_run")
+    inputs = {s: small_case_dir / f"{s}.nii.gz" for s in SEQ}
+    events = []
+    run = PipelineRun(inputs, out, [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"),
+                                    STEP], device="cpu",
+                      options={"supervoxels": {"size": 8}}, on_event=events.append)
+    outputs = run.run()
+    return out, outputs, events
+
+
+def test_step_declares_its_products():
+    assert STEP.name == "supervoxels"
+    assert STEP.inputs == ("brain_mask",)
+    assert set(STEP.optional_inputs) == {"t1_brain", "t1ce_brain", "t2_brain", "flair_brain"}
+    assert set(STEP.outputs) == set(STEP.labels) == {"supervoxels", "supervoxels_merged"}
+    from brainbarriers.pipeline.registry import all_steps
+
+    assert "supervoxels" in [s.name for s in all_steps()]
+
+
+def test_pipeline_exports_both_maps_on_the_input_grid(pipeline_run, small_case_dir):
+    out, outputs, events = pipeline_run
+    truth = load_volume(small_case_dir / "brain_mask_truth.nii.gz")
+    over = load_volume(outputs["supervoxels"])
+    merged = load_volume(outputs["supervoxels_merged"], allow_empty=True)
+    assert over.grid.same_as(truth.grid) and merged.grid.same_as(truth.grid)
+    brain = truth.array > 0
+    assert np.array_equal(over.array > 0, brain)
+    assert np.array_equal(merged.array > 0, brain)
+    n_over, n_merged = len(np.unique(over.array)) - 1, len(np.unique(merged.array)) - 1
+    assert brain.sum() / 8**3 * 0.6 < n_over < brain.sum() / 8**3 * 1.4
+    assert 1 < n_merged < n_over
+    manifest = json.loads((out / "manifest.json").read_text())
+    step = next(s for s in manifest["steps"] if s["name"] == "supervoxels")
+    assert step["status"] == "done" and set(step["inputs"]) >= {"brain_mask", "t1_brain", "flair_brain"}
+    assert any(e.event == "progress" and e.step == "supervoxels" for e in events)
+
+
+def test_step_uses_only_the_sequences_present(small_case):
+    mask = small_case.truths["brain_mask"].array > 0
+    images = [np.where(mask, small_case.sequences["t2"].array, 0)]
+    over, merged, record = compute_supervoxels(images, mask, options={"size": 8})
+    assert np.array_equal(over > 0, mask) and merged.max() <= over.max()
+    assert record["counts"][0] == over.max()
+
+
+def test_bad_options_and_missing_sequences_are_input_errors(small_case):
+    from brainbarriers.errors import InputError
+
+    mask = small_case.truths["brain_mask"].array > 0
+    with pytest.raises(InputError):
+        compute_supervoxels([], mask)
+    with pytest.raises(InputError):
+        compute_supervoxels([small_case.sequences["t1"].array], mask, options={"size": [4, 4]})
+
+
+def test_cli_runs_the_step(small_case_dir, tmp_path, monkeypatch, capsys):
+    from brainbarriers.pipeline import registry
+
+    standin = standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz")
+    monkeypatch.setattr(registry, "all_steps", lambda: [standin, STEP])
+    out = tmp_path / "cli"
+    code = cli_main(["supervoxels", "--t1", str(small_case_dir / "t1.nii.gz"),
+                     "--flair", str(small_case_dir / "flair.nii.gz"), "--out", str(out),
+                     "--size", "9", "--plain-slic", "--device", "cpu", "--json-progress"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    step = next(s for s in manifest["steps"] if s["name"] == "supervoxels")
+    assert step["options"] == {"size": 9, "adaptive": False}
+    assert (out / "supervoxels.nii.gz").exists() and (out / "supervoxels_merged.nii.gz").exists()
+
+
+def test_cli_without_sequences_is_exit_code_2(tmp_path, capsys):
+    assert cli_main(["supervoxels", "--out", str(tmp_path / "x")]) == 2
+    assert "no input sequence" in capsys.readouterr().err
