@@ -65,7 +65,7 @@ def worker_command(python: Sequence[str], inputs: Mapping[str, str | Path], out:
     return command
 
 
-def kill_process_tree(pid: int, grace: float = 1.0) -> list[int]:
+def kill_process_tree(pid: int, grace: float = 0.5) -> list[int]:
     """Terminate ``pid`` and all its descendants; kill what is still alive after ``grace`` s.
     Returns the PIDs that were signalled."""
     if psutil is not None:
@@ -155,7 +155,7 @@ class WorkerClient:
             self._threads.append(thread)
         return self
 
-    def cancel(self, grace: float = 1.0) -> None:
+    def cancel(self, grace: float = 0.5) -> None:
         """End the run and its whole process tree (within ``grace`` + 1 s)."""
         if self._process is None or self.state in FINISHED:
             return

@@ -61,14 +61,15 @@ def test_bad_input_one_line_exit_2_folder_untouched(tmp_path, good, problem, mak
 
 
 def test_unwritable_output_folder(good):
-    result = brainbarriers("run", "--t1", good["t1"], "--out", "/sys/brainbarriers-test")
+    result = brainbarriers("run", "--t1", good["t1"], "--out", "/sys/brainbarriers-test",
+                           "--steps", "skullstrip")
     assert result.returncode == 2
     assert "/sys/brainbarriers-test" in result.stderr and "not writable" in result.stderr
 
 
 def test_json_progress_reports_errors_as_json(tmp_path, good):
     result = brainbarriers("run", "--t1", tmp_path / "nope.nii.gz", "--out", tmp_path / "o",
-                           "--json-progress")
+                           "--steps", "skullstrip", "--json-progress")
     assert result.returncode == 2
     event = json.loads(result.stdout.strip().splitlines()[-1])
     assert event["event"] == "error" and event["kind"] == "input" and "nope.nii.gz" in event["message"]
@@ -77,6 +78,24 @@ def test_json_progress_reports_errors_as_json(tmp_path, good):
 def test_unknown_step_and_bad_option(tmp_path, good):
     result = brainbarriers("run", "--t1", good["t1"], "--out", tmp_path / "o", "--steps", "nosuch")
     assert result.returncode == 2 and "unknown step" in result.stderr
-    result = brainbarriers("run", "--t1", good["t1"], "--out", tmp_path / "o", "--set", "oops")
+    result = brainbarriers("run", "--t1", good["t1"], "--out", tmp_path / "o", "--set", "oops",
+                           "--steps", "skullstrip")
     assert result.returncode == 2 and "STEP.KEY=VALUE" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_json_progress_protocol_on_a_real_run(tmp_path, good):
+    """One JSON object per line: start, step/progress events with rising fractions, done."""
+    result = brainbarriers("run", "--t1", good["t1"], "--t1ce", good["t1ce"], "--out",
+                           tmp_path / "o", "--steps", "skullstrip", "--device", "cpu",
+                           "--json-progress")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert events[0]["event"] == "start" and events[0]["steps"] == ["skullstrip"]
+    assert events[-1]["event"] == "done"
+    assert (tmp_path / "o" / "brain_mask.nii.gz").exists()
+    assert events[-1]["outputs"]["brain_mask"] == str(tmp_path / "o" / "brain_mask.nii.gz")
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions and fractions == sorted(fractions) and all(0 <= f <= 1 for f in fractions)
+    statuses = [e["status"] for e in events if e["event"] == "step"]
+    assert statuses == ["running", "done"]
