@@ -1,0 +1,85 @@
+"""The ``tumor`` pipeline step: BraTS labels (1 necrotic core, 2 oedema, 4 enhancing) from the four
+skull-stripped sequences and the brain mask.
+
+Options (``--set tumor.KEY=VALUE``):
+- ``model``: a model package folder, zip or installed name (default: the shipped demo package
+  ``demo-hnfnetv2-phantom``, trained on synthetic phantoms: demo only);
+- ``tta`` (true): test-time augmentation with the 7 flips plus the identity;
+- ``small_et_ml`` (the package's value, else 0.2): an enhancing region below this volume becomes
+  necrosis;
+- ``overlap`` (0.5): sliding-window overlap;
+- ``refine_supervoxels`` (false): snap the labels to the merged supervoxels
+  (``brainbarriers.supervoxels.snap.snap_to_supervoxels``), when that product exists;
+  ``supervoxel_fraction`` (0.5) is the fraction of a supervoxel that must be labelled to keep it.
+"""
+
+from __future__ import annotations
+
+from ..errors import InputError
+from ..models import load_package
+from ..pipeline.core import Step, StepContext
+from ..volume import Volume
+
+DEFAULT_MODEL = "demo-hnfnetv2-phantom"
+# The model's input names -> the skull-stripped products of the skullstrip step.
+PRODUCT_OF = {"t1": "t1_brain", "t1ce": "t1ce_brain", "t2": "t2_brain", "flair": "flair_brain"}
+SEQUENCES = ("t1", "t1ce", "t2", "flair")
+
+
+def _bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def run(ctx: StepContext) -> dict[str, Volume]:
+    from .inference import segment
+
+    opts = ctx.options
+    package = load_package(opts.get("model", DEFAULT_MODEL))
+    unknown = [s for s in package.inputs if s not in PRODUCT_OF]
+    if unknown:
+        raise InputError(package.path, f"model {package.name} takes inputs {package.inputs}; "
+                         f"{unknown} are not sequences the tumor step has ({list(SEQUENCES)})")
+    missing = [s for s in package.inputs if not ctx.has(PRODUCT_OF[s])]
+    if missing:
+        raise InputError(None, f"model {package.name} needs the sequence(s) {missing}, which were "
+                         "not given (or not skull-stripped)")
+    if package.task != "tumor":
+        raise InputError(package.path, f"model {package.name} is a {package.task!r} model, "
+                         "not a tumor model")
+    images = {s: ctx.get(PRODUCT_OF[s]) for s in package.inputs}
+    ctx.progress(0.0, f"tumour segmentation with {package.name} {package.version} on {ctx.device}")
+    small = opts.get("small_et_ml")
+    labels = segment(images, ctx.get("brain_mask"), package, tta=_bool(opts.get("tta", True)),
+                     device=ctx.device, small_et_ml=None if small is None else float(small),
+                     overlap=float(opts.get("overlap", 0.5)),
+                     progress=lambda f, m: ctx.progress(0.95 * f, m))
+    if _bool(opts.get("refine_supervoxels", False)):
+        if ctx.has("supervoxels_merged"):
+            from ..supervoxels.snap import snap_to_supervoxels
+
+            snapped = snap_to_supervoxels(labels.array, ctx.get("supervoxels_merged").array,
+                                          float(opts.get("supervoxel_fraction", 0.5)))
+            labels = labels.with_array(snapped.astype("uint8"))
+        else:
+            ctx.warn("refine_supervoxels was asked for, but no supervoxels_merged product exists; "
+                     "labels left unrefined")
+    if "demo" in package.name:
+        ctx.warn(f"tumour model {package.name} is a demo model trained on synthetic phantoms; "
+                 "clinical use needs weights trained on real data")
+    ctx.progress(1.0, "tumour labels done")
+    return {"tumor": ctx.new_volume(labels.array)}
+
+
+STEP = Step(
+    name="tumor",
+    run=run,
+    sequences=SEQUENCES,
+    inputs=("brain_mask", "t1_brain", "t1ce_brain", "t2_brain", "flair_brain"),
+    optional_inputs=("supervoxels_merged",),
+    outputs=("tumor",),
+    labels=("tumor",),
+    version="1",
+    description="tumour sub-regions (BraTS 1/2/4) by HNF-Netv2 / ConResNet / SegResNet packages",
+)
