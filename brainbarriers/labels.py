@@ -6,6 +6,9 @@ scene bridge both read it.
 Terminology codes are SNOMED CT (scheme ``SCT``). Entries of Slicer's own lists use Slicer's context
 names; structures that Slicer's lists lack (falx, tentorium, the venous sinuses, enhancing tumour)
 come from the extension's own ``Resources/BrainBarriers.term.json`` (context name below).
+Where we could not verify a SNOMED CT code (tentorium, superior sagittal and transverse sinus) we use
+a private coding scheme, ``99BBR`` (DICOM reserves the "99" prefix for private schemes), rather than
+risk a wrong standard code in exported DICOM objects.
 """
 
 from __future__ import annotations
@@ -86,12 +89,12 @@ BARRIER_SEGMENTS: dict[int, SegmentSpec] = {
     1: SegmentSpec("falx", "Falx cerebri", _rgb(230, 150, 35), ANATOMICAL_STRUCTURE,
                    ("SCT", "279275004", "Falx cerebri"), context=OWN_CONTEXT),
     2: SegmentSpec("tentorium", "Tentorium cerebelli", _rgb(180, 100, 220), ANATOMICAL_STRUCTURE,
-                   ("SCT", "19040005", "Tentorium cerebelli"), context=OWN_CONTEXT),
+                   ("99BBR", "BBR0002", "Tentorium cerebelli"), context=OWN_CONTEXT),
     3: SegmentSpec("sagittal_sinus", "Sagittal brain sinus", _rgb(0, 120, 255),
-                   ANATOMICAL_STRUCTURE, ("SCT", "30157009", "Superior sagittal sinus"),
+                   ANATOMICAL_STRUCTURE, ("99BBR", "BBR0003", "Superior sagittal sinus"),
                    context=OWN_CONTEXT),
     4: SegmentSpec("transverse_sinus", "Transverse brain sinus", _rgb(0, 200, 230),
-                   ANATOMICAL_STRUCTURE, ("SCT", "34340008", "Transverse sinus"),
+                   ANATOMICAL_STRUCTURE, ("99BBR", "BBR0004", "Transverse sinus"),
                    context=OWN_CONTEXT),
     5: SegmentSpec("cerebellum", "Cerebellum", _rgb(240, 140, 170), ANATOMICAL_STRUCTURE,
                    ("SCT", "113305005", "Cerebellum")),
