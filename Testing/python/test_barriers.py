@@ -167,6 +167,11 @@ def test_atlas_stage_on_a_deformed_case(barrier_case):
 
 
 @needs_demo_models
+@pytest.mark.xfail(strict=True, reason=(
+    "NOT REPRODUCED with the shipped CPU demo models: on held-out cases 9001/9002 the two-stage mean "
+    "Dice is 0.34 against 0.46 for stage 1 alone (stage 1 misses falx and sagittal sinus, so they "
+    "are never refined; the transverse-sinus HMRNet stays below p = 0.5; tentorium improves 0.47 -> "
+    "0.63). Strict: this flags when better-trained models make the claim hold."))
 def test_two_stage_beats_coarse_on_held_out_cases():
     """The paper's main claim on our data: stage-2 refinement improves on the coarse stage."""
     from brainbarriers.barriers.infer import two_stage
