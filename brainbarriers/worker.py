@@ -18,12 +18,11 @@ import os
 import sys
 from pathlib import Path
 
+from .cli.main import EXIT_CANCELLED, EXIT_INPUT
 from .errors import Cancelled, InputError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
-EXIT_INPUT = 2
-EXIT_CANCELLED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:

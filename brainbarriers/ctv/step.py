@@ -17,20 +17,9 @@ the run are still exported.
 from __future__ import annotations
 
 from ..errors import InputError
-from ..pipeline.core import Step, StepContext
+from ..pipeline.core import Step, StepContext, option_flag
 from ..volume import Volume
 from .ctv import DEFAULT_BARRIERS, DEFAULT_MARGIN_MM, VENTRICLES, grow_ctv
-
-
-def _flag(value, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InputError(None, f"ctv: option {name} must be true or false, got {value!r}")
 
 
 def _labels(value) -> tuple[int, ...]:
@@ -52,7 +41,7 @@ def _run(ctx: StepContext) -> dict[str, Volume]:
         raise InputError(None, f"ctv: unknown option(s) {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(known))})")
     labels = _labels(options.get("barriers", list(DEFAULT_BARRIERS)))
-    if _flag(options.get("ventricles", False), "ventricles"):
+    if option_flag(options.get("ventricles", False), "ctv", "ventricles"):
         labels = tuple(sorted(set(labels) | {VENTRICLES}))
     barriers = ctx.get("barriers") if ctx.has("barriers") else None
     if barriers is None:
@@ -63,7 +52,7 @@ def _run(ctx: StepContext) -> dict[str, Volume]:
             ctx.get("tumor"), ctx.get("brain_mask"), barriers,
             margin_mm=options.get("margin_mm", DEFAULT_MARGIN_MM),
             gtv=str(options.get("gtv", "enhancing")),
-            add_edema=_flag(options.get("add_edema", False), "add_edema"),
+            add_edema=option_flag(options.get("add_edema", False), "ctv", "add_edema"),
             barrier_labels=labels, warn=ctx.warn, check=ctx.check_cancel,
         )
     except InputError as e:

@@ -143,6 +143,18 @@ class StepContext:
         return Volume(array, self.grid.affine)
 
 
+def option_flag(value, step: str, name: str) -> bool:
+    """A true/false step option, given as a bool or as text (from ``--set`` or the Slicer panel)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InputError(None, f"{step}: option {name} must be true or false, got {value!r}")
+
+
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -20,7 +20,7 @@ import importlib.util
 import numpy as np
 
 from ..errors import InputError
-from ..pipeline.core import Step, StepContext
+from ..pipeline.core import Step, StepContext, option_flag
 from ..volume import Volume
 from .core import BACKENDS, brain_mask
 
@@ -28,17 +28,6 @@ MR_SEQUENCES = ("t1", "t1ce", "t2", "flair")
 PRODUCT_OF = {s: f"{s}_brain" for s in MR_SEQUENCES}
 HDBET_ORDER = ("t1", "t1ce", "flair", "t2")
 OPTIONS = ("backend", "sequence", "threshold", "folds", "tta")
-
-
-def _bool(value, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise InputError(None, f"skullstrip: option {name} must be true or false, got {value!r}")
 
 
 def _number(value, name: str, kind: type):
@@ -100,7 +89,7 @@ def _run(ctx: StepContext) -> dict[str, Volume]:
         ctx.warn(message)
     threshold = _number(options.get("threshold", 0.5), "threshold", float)
     folds = _number(options.get("folds", 5), "folds", int)
-    tta = _bool(options.get("tta", ctx.device == "cuda"), "tta")
+    tta = option_flag(options.get("tta", ctx.device == "cuda"), "skullstrip", "tta")
     if not 0.0 < threshold < 1.0:
         raise InputError(None, f"skullstrip: threshold must lie between 0 and 1, got {threshold}")
     if not 1 <= folds <= 5:

@@ -17,19 +17,13 @@ from __future__ import annotations
 
 from ..errors import InputError
 from ..models import load_package
-from ..pipeline.core import Step, StepContext
+from ..pipeline.core import Step, StepContext, option_flag
 from ..volume import Volume
 
 DEFAULT_MODEL = "demo-hnfnetv2-phantom"
 # The model's input names -> the skull-stripped products of the skullstrip step.
 PRODUCT_OF = {"t1": "t1_brain", "t1ce": "t1ce_brain", "t2": "t2_brain", "flair": "flair_brain"}
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
-
-
-def _bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
 
 
 def run(ctx: StepContext) -> dict[str, Volume]:
@@ -51,11 +45,12 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     images = {s: ctx.get(PRODUCT_OF[s]) for s in package.inputs}
     ctx.progress(0.0, f"tumour segmentation with {package.name} {package.version} on {ctx.device}")
     small = opts.get("small_et_ml")
-    labels = segment(images, ctx.get("brain_mask"), package, tta=_bool(opts.get("tta", True)),
+    tta = option_flag(opts.get("tta", True), "tumor", "tta")
+    labels = segment(images, ctx.get("brain_mask"), package, tta=tta,
                      device=ctx.device, small_et_ml=None if small is None else float(small),
                      overlap=float(opts.get("overlap", 0.5)),
                      progress=lambda f, m: ctx.progress(0.95 * f, m))
-    if _bool(opts.get("refine_supervoxels", False)):
+    if option_flag(opts.get("refine_supervoxels", False), "tumor", "refine_supervoxels"):
         if ctx.has("supervoxels_merged"):
             from ..supervoxels.snap import snap_to_supervoxels
 
