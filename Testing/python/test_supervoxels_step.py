@@ -11,27 +11,14 @@ import json
 
 import numpy as np
 import pytest
+from pipeline_standins import standin_skullstrip
 
 from brainbarriers.cli.main import main as cli_main
-from brainbarriers.geometry import resample_to, to_canonical
 from brainbarriers.io import load_volume
 from brainbarriers.pipeline import PipelineRun
-from brainbarriers.pipeline.core import Step
 from brainbarriers.supervoxels.step import STEP, compute_supervoxels
 
 SEQ = ("t1", "t1ce", "t2", "flair")
-
-
-def standin_skullstrip(truth_path) -> Step:
-    def run(ctx):
-        mask = resample_to(to_canonical(load_volume(truth_path)), ctx.grid, label=True).array > 0
-        out = {"brain_mask": ctx.new_volume(mask.astype(np.uint8))}
-        for s in ctx.sequences():
-            out[f"{s}_brain"] = ctx.new_volume(np.where(mask, ctx.get(s).array, 0).astype(np.float32))
-        return out
-
-    return Step(name="skullstrip", run=run, optional_inputs=SEQ, outputs=("brain_mask",),
-                optional_outputs=tuple(f"{s}_brain" for s in SEQ), labels=("brain_mask",))
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from pipeline_standins import standin_skullstrip
 
 from brainbarriers.cli.main import main as cli
 from brainbarriers.errors import InputError
-from brainbarriers.geometry import resample_to, to_canonical
 from brainbarriers.io import load_volume, save_volume
 from brainbarriers.metrics import dice
 from brainbarriers.models import load_package
@@ -109,18 +109,6 @@ def test_grid_with_spacing_keeps_the_field_of_view():
 
 
 # ------------------------------------------------------------------------------ the step
-def standin_skullstrip(truth_path) -> Step:
-    def run(ctx):
-        mask = resample_to(to_canonical(load_volume(truth_path)), ctx.grid, label=True).array > 0
-        out = {"brain_mask": ctx.new_volume(mask.astype(np.uint8))}
-        for s in ctx.sequences():
-            out[f"{s}_brain"] = ctx.new_volume(np.where(mask, ctx.get(s).array, 0).astype(np.float32))
-        return out
-
-    return Step(name="skullstrip", run=run, optional_inputs=SEQ, outputs=("brain_mask",),
-                optional_outputs=tuple(f"{s}_brain" for s in SEQ), labels=("brain_mask",))
-
-
 def standin_supervoxels() -> Step:
     def run(ctx):  # 4x4x4 blocks inside the brain
         shape = ctx.grid.shape
