@@ -9,7 +9,6 @@ array, and results go back to the user's grid by the exact inverse permutation.
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 from nibabel import orientations as ornt
 
 from .io import affine_from_sitk, to_sitk
@@ -57,6 +56,8 @@ def resample_to(volume: Volume, grid: Grid, *, label: bool = False, default: flo
     """Resample onto another grid in world space (linear for images, nearest for label maps)."""
     if volume.grid.same_as(grid):
         return volume
+    import SimpleITK as sitk  # here, not at the top: it costs ~100 MB and one-grid runs never resample
+
     reference = sitk.Image([int(s) for s in grid.shape], sitk.sitkUInt8)
     ref_volume = Volume(np.zeros(grid.shape, np.uint8), grid.affine)
     template = to_sitk(ref_volume)

@@ -19,10 +19,11 @@ from pathlib import Path
 import nibabel as nib
 import nibabel.openers
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import InputError
 from .volume import Volume
+
+# SimpleITK (NRRD/MHA/DICOM, ~100 MB once imported) is imported where it is used.
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -102,11 +103,15 @@ def _read_nifti(path: Path) -> Volume:
 
 
 def _read_itk(path: Path) -> Volume:
+    import SimpleITK as sitk
+
     image = sitk.ReadImage(str(path))
     return _from_sitk(image, path)
 
 
 def _read_dicom_series(folder: Path) -> Volume:
+    import SimpleITK as sitk
+
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -124,7 +129,9 @@ def _read_dicom_series(folder: Path) -> Volume:
     return _from_sitk(image, folder)
 
 
-def _from_sitk(image: sitk.Image, path: Path) -> Volume:
+def _from_sitk(image, path: Path) -> Volume:
+    import SimpleITK as sitk
+
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1"
@@ -136,7 +143,7 @@ def _from_sitk(image: sitk.Image, path: Path) -> Volume:
     return Volume(np.ascontiguousarray(array), affine_from_sitk(image), source=str(path))
 
 
-def affine_from_sitk(image: sitk.Image) -> np.ndarray:
+def affine_from_sitk(image) -> np.ndarray:
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine = np.eye(4)
@@ -145,7 +152,9 @@ def affine_from_sitk(image: sitk.Image) -> np.ndarray:
     return affine
 
 
-def to_sitk(volume: Volume) -> sitk.Image:
+def to_sitk(volume: Volume):
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.transpose(2, 1, 0)))
     spacing = volume.spacing
     image.SetSpacing(tuple(float(s) for s in spacing))
