@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..pipeline.core import Step, StepContext
+from ..pipeline.core import Step, StepContext, option_flag
 from ..volume import Volume
 
 DEMO_MODELS = "barriers_demo"
@@ -64,7 +64,7 @@ def _run(ctx: StepContext) -> dict[str, Volume]:
         if missing:
             raise InputError(None, f"barriers: the models in {folder} need {', '.join('--' + s for s in missing)}")
         images = {s: ctx.get(s) for s in need}
-        refine = str(ctx.options.get("refine", "true")).lower() not in ("0", "false", "no")
+        refine = option_flag(ctx.options.get("refine", True), "barriers", "refine")
         labels, _, info = two_stage(models, images, brain, ctx.device, ctx.progress, refine=refine)
         refined = ", ".join(info["refined"]) or "none"
         ctx.warn(f"barriers: produced by the two-stage HMRNet models in {folder} (stage 2 refined: {refined})")

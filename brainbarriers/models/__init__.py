@@ -251,9 +251,17 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _package_folders(root: Path) -> list[Path]:
+    """Packages in ``root``: its subfolders with a manifest, and the packages of a model set (a
+    subfolder of packages, such as the barriers' ``stage1`` and ``stage2_<structure>``)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / MANIFEST).is_file())
+    found = []
+    for p in sorted(root.iterdir()):
+        if (p / MANIFEST).is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(q for q in p.iterdir() if (q / MANIFEST).is_file())
+    return found
 
 
 def list_packages(task: str | None = None) -> list[ModelPackage]:
