@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mr-channels", default="16,32,64,128,64,32,16")
     p.add_argument("--patch", default="64,64,64", help="stage-2 training patch / sliding window")
     p.add_argument("--margin", type=int, default=10, help="voxels added around the coarse bounding box")
+    p.add_argument("--reach", type=_reach, default=5.0,
+                   help="at inference, stage 2 labels only voxels this close (voxels) to the coarse mask; "
+                        "'box': the whole box, as in the paper (default 5)")
     p.add_argument("--abcs-labels", default=None, help="JSON {challenge value: our label} override")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--description", default="", help="text for the packages' manifests")
@@ -38,6 +41,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: library default)")
 
 
+
+
+def _reach(text: str) -> float | None:
+    if text == "box":
+        return None
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("--reach is a distance in voxels (>= 0) or 'box'")
+    return value
 
 
 def main(args) -> int:

@@ -1,12 +1,15 @@
 """Two-stage inference (paper 000, Fig. 2) and the helpers training shares with it.
 
-1. Stage 1: the model's input sequences, z-scored inside the brain, resampled to the stage-1 model's
-   spacing (whole volume), segmented at once by the DynUNet; softmax probabilities brought back to
+1. Stage 1: the model's input sequences, z-scored inside the brain, blurred against aliasing and
+   resampled to the stage-1 model's spacing (whole volume), segmented at once by the DynUNet; softmax probabilities brought back to
    the case's grid (linear).
 2. Stage 2: per structure with a model, on the stage-2 spacing, the bounding box of the coarse mask
    expanded by ``margin`` voxels (10, as in the paper) is cropped and segmented by the structure's
    HMRNet (sliding window when the crop is larger than the model's patch); its foreground probability
-   is brought back to the case's grid.
+   is brought back to the case's grid. When the package's ``config`` has ``reach`` (voxels), stage 2
+   may only label voxels within that distance of the coarse mask: the paper trusts the whole box,
+   but a small, briefly trained HMRNet (the demo set) also fires on look-alike tissue far from the
+   structure in the box's corners (temporal horns taken for ventricles, and so on).
 3. Combination: each voxel takes the structure of highest probability among those above 0.5
    (overlaps resolved by probability); structures without a stage-2 model keep their stage-1
    probability.
@@ -42,16 +45,41 @@ def grid_at_spacing(grid: Grid, spacing_mm: float) -> Grid:
     return Grid(shape, affine)
 
 
+def antialias_sigma(source_spacing: np.ndarray, target_spacing: np.ndarray) -> np.ndarray:
+    """Gaussian sigma (source voxels) to blur before sampling onto coarser voxels.
+
+    The blur makes the source's point spread match the coarse voxel's (FWHM = coarse size):
+    without it, sampling a 2 mm image every 6 mm keeps one slice in three, and a 1-2 mm falx or
+    sinus vanishes from two coarse slices in three.
+    """
+    src, dst = np.asarray(source_spacing, float), np.asarray(target_spacing, float)
+    fwhm_mm = np.sqrt(np.clip(dst**2 - src**2, 0, None))
+    return fwhm_mm / 2.355 / src
+
+
 def stack_inputs(images: dict[str, Volume], sequences: list[str], brain: np.ndarray, grid: Grid | None
                  ) -> np.ndarray:
-    """(C, ...) z-scored channels of ``sequences`` on ``grid`` (None: the images' own grid)."""
+    """(C, ...) z-scored channels of ``sequences`` on ``grid`` (None: the images' own grid),
+    anti-aliased when ``grid`` is coarser."""
+    from scipy import ndimage as ndi
+
     chans = []
     for s in sequences:
         v = zscore(images[s], brain)
         if grid is not None and not v.grid.same_as(grid):
+            sigma = antialias_sigma(v.spacing, _spacing_along(grid, v))
+            if (sigma > 0.25).any():
+                v = v.with_array(ndi.gaussian_filter(v.array, sigma))
             v = resample_to(v, grid)
         chans.append(v.array)
     return np.stack(chans).astype(np.float32)
+
+
+def _spacing_along(grid: Grid, volume: Volume) -> np.ndarray:
+    """``grid``'s voxel size measured along each of ``volume``'s array axes (mm)."""
+    # Voxel step of ``grid`` expressed in ``volume``'s index axes, scaled back to mm.
+    to_volume = np.linalg.inv(volume.affine[:3, :3]) @ grid.affine[:3, :3]
+    return np.abs(to_volume).max(axis=1) * volume.spacing
 
 
 def pad8(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
@@ -116,7 +144,17 @@ def run_stage2(net: torch.nn.Module, manifest: dict, images: dict[str, Volume], 
     x = stack_inputs(images, sequences, brain, None if same else g2)[(slice(None), *box)]
     fg = np.zeros(g2.shape, np.float32)
     fg[box] = predict_crop(net, x, cfg.get("patch"), device)
+    reach = cfg.get("reach")
+    if reach is not None:
+        fg[box] *= within_reach(mask[box], float(reach))
     return fg if same else resample_to(Volume(fg, g2.affine), ref.grid).array
+
+
+def within_reach(mask: np.ndarray, reach: float) -> np.ndarray:
+    """Voxels at most ``reach`` voxels (Euclidean) from ``mask``."""
+    from scipy import ndimage as ndi
+
+    return ndi.distance_transform_edt(~mask) <= reach
 
 
 def combine(probs: dict[int, np.ndarray], shape) -> np.ndarray:

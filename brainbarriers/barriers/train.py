@@ -19,7 +19,8 @@ with deep supervision 0.4/0.3/0.3. SGD (Nesterov momentum 0.99, as nnU-Net) with
 decay (power 0.9) over the iterations (``--optimizer adam`` for short runs, see ``make_optimizer``); augmentation: left-right flip, rotation (+-10 degrees about
 each axis), elastic deformation (smooth displacement, up to 2 voxels), gamma (0.7-1.5); z-score
 normalisation inside the brain. Crops larger than ``--patch`` are trained on random patches (half of
-them centred on the structure) and inferred with a sliding window.
+them centred on the structure) and inferred with a sliding window. ``--reach`` only goes into the
+stage-2 manifests: how far from the coarse mask inference lets stage 2 label (``barriers.infer``).
 """
 
 from __future__ import annotations
@@ -298,7 +299,8 @@ def train_stage2(label: int, cases: list[Case], preds: list[list[np.ndarray]], a
         if it % 25 == 0 or it == total:
             log(f"stage2 {s.key} it {it}/{total} loss {loss.item():.4f}")
     config = {"net": net_cfg, "sequences": sequences, "spacing_mm": args.stage2_spacing, "stage": 2,
-              "label": label, "structure": s.key, "margin": args.margin, "patch": [int(p) for p in patch],
+              "label": label, "structure": s.key, "margin": args.margin, "reach": args.reach,
+              "patch": [int(p) for p in patch],
               "theta": s.theta}
     return net.eval(), config
 
