@@ -5,7 +5,8 @@ Which stage runs (option ``--set barriers.models=...``):
 - ``models=PATH``: a model set written by ``brainbarriers train barriers`` - two-stage HMRNet
   (stage 1 DynUNet + stage-2 HMRNets); its input sequences must have been given;
 - ``models=demo``: the shipped demo models (``data/models/barriers_demo``, trained on generated
-  cases with T1ce + T2 - only meaningful on the demo/phantom contrast, they are not for patients);
+  cases with T1ce + T2 - only meaningful on generated cases, whose falx, tentorium and sinuses are
+  painted with a visible contrast; they miss those on the demo case and on patients);
 - ``models=atlas`` (the **default**): the atlas stage - the labelled SRI24 template registered to the
   patient (rigid, affine, B-spline; ``barriers/atlas.py``). The default because it works on any real
   MRI; the demo models were trained on phantoms only.
