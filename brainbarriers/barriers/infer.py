@@ -1,8 +1,8 @@
 """Two-stage inference (paper 000, Fig. 2) and the helpers training shares with it.
 
 1. Stage 1: the model's input sequences, z-scored inside the brain, blurred against aliasing and
-   resampled to the stage-1 model's spacing (whole volume), segmented at once by the DynUNet; softmax probabilities brought back to
-   the case's grid (linear).
+   resampled to the stage-1 model's spacing (whole volume), segmented at once by the DynUNet;
+   softmax probabilities brought back to the case's grid (linear).
 2. Stage 2: per structure with a model, on the stage-2 spacing, the bounding box of the coarse mask
    expanded by ``margin`` voxels (10, as in the paper) is cropped and segmented by the structure's
    HMRNet (sliding window when the crop is larger than the model's patch); its foreground probability

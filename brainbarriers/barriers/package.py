@@ -6,9 +6,9 @@ ordinary ``brainbarriers.models`` package: ``manifest.json`` (``architecture`` n
 factory and its parameters, ``inputs`` the sequences in channel order, ``task``
 ``barriers-stage1`` / ``barriers-stage2``) and its safetensors weights with their sha256. The
 manifest's ``config`` holds what inference needs besides the network: ``spacing_mm``, and for
-stage 2 ``label``, ``structure``, ``margin`` (voxels around the coarse box), ``reach`` (how near the coarse
-mask stage 2 may label; absent or null: anywhere in the box) and ``patch`` (sliding window), and
-``training`` notes how the weights were made.
+stage 2 ``label``, ``structure``, ``margin`` (voxels around the coarse box), ``reach`` (how near
+the coarse mask stage 2 may label; absent or null: anywhere in the box) and ``patch`` (sliding
+window), and ``training`` notes how the weights were made.
 """
 
 from __future__ import annotations
