@@ -2,7 +2,9 @@
 
 Expected sets are computed independently of the product's code: a brute-force Dijkstra over voxel
 centres with a 5x5x5 neighbourhood (edges only between free voxels whose straight segment stays
-free), analytic geometry, and Euclidean distance transforms.
+free), analytic geometry, and Euclidean distance transforms. Every test runs with both ways of
+measuring behind a barrier: scikit-fmm's fast marching (an optional speed-up) and the SciPy-only
+lattice fallback used where scikit-fmm is not installed.
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from brainbarriers.ctv import grow_ctv, gtv_mask
+from brainbarriers.ctv import geodesic, grow_ctv, gtv_mask
 from brainbarriers.errors import InputError
 from brainbarriers.volume import Volume
 
 MARGIN = 15.0
+
+
+@pytest.fixture(autouse=True, params=geodesic.METHODS)
+def method(request, monkeypatch):
+    """Run the test with fast marching and with the lattice fallback."""
+    if request.param == "fmm" and not geodesic.fast_marching_available():
+        pytest.skip("scikit-fmm is not installed (the lattice fallback is tested instead)")
+    monkeypatch.setattr(geodesic, "default_method", lambda: request.param)
+    return request.param
 
 
 def reference_geodesic(seeds: np.ndarray, free: np.ndarray, spacing) -> np.ndarray:
@@ -298,3 +309,18 @@ def test_ctv_command(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "error" in err[0]
         assert not target.exists()
+
+
+def test_a_diagonal_one_voxel_wall_is_not_crossed(method):
+    """A staircase wall (voxels touching only at edges) has no face-connected hole: neither
+    method may step diagonally through it."""
+    shape = (30, 30, 6)
+    i, j = np.indices(shape[:2])
+    wall = np.repeat(((i + j) == 30)[:, :, None], shape[2], axis=2)
+    free = ~wall
+    seeds = np.zeros(shape, bool)
+    seeds[10, 10, 3] = True
+    distance = geodesic.geodesic_distance(seeds, free, (1.0, 1.0, 1.0), 40.0, method=method)
+    across = np.repeat(((i + j) > 30)[:, :, None], shape[2], axis=2)
+    assert np.isinf(distance[across]).all()
+    assert np.isfinite(distance[free & ~across]).all()
