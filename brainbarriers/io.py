@@ -8,6 +8,7 @@ folder and is renamed into place, so a crash or a cancel never leaves a half-wri
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -73,6 +74,17 @@ def load_volume(path: str | Path, *, allow_empty: bool = False) -> Volume:
     return volume
 
 
+def _check_affine(affine: np.ndarray, path: Path) -> None:
+    """Refuse a header whose voxel axes do not span space: no voxel would have a position."""
+    linear = affine[:3, :3]
+    spacing = np.sqrt((linear**2).sum(axis=0))
+    if not np.isfinite(affine).all():
+        raise InputError(path, "has a non-finite affine (voxel-to-world matrix) in its header")
+    if spacing.min() <= 0 or abs(np.linalg.det(linear / spacing)) < 1e-3:
+        raise InputError(path, "has a zero or singular affine (voxel-to-world matrix) in its "
+                         "header: the voxels have no position in space")
+
+
 def check_volume(volume: Volume, path: str | Path, *, allow_empty: bool = False) -> None:
     a = volume.array
     if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
@@ -99,6 +111,7 @@ def _read_nifti(path: Path) -> Volume:
     array = np.asanyarray(img.dataobj)
     array = _as_3d(array, path)
     header = img.header.copy()
+    _check_affine(img.affine, path)
     return Volume(np.ascontiguousarray(array), img.affine, source=str(path), header=header)
 
 
@@ -122,11 +135,44 @@ def _read_dicom_series(folder: Path) -> Volume:
         )
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as e:
         raise InputError(folder, f"DICOM series cannot be read ({str(e).splitlines()[0]})") from e
+    if len(files) > 1:
+        positions = [reader.GetMetaData(i, "0020|0032") if reader.HasMetaDataKey(i, "0020|0032")
+                     else None for i in range(len(files))]
+        _check_slice_spacing(folder, positions, image)
     return _from_sitk(image, folder)
+
+
+def _check_slice_spacing(folder: Path, positions: list[str | None], image) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal.
+
+    ITK stacks the slices it finds at their mean spacing (with a warning on stderr only), so a
+    missing or unreadable slice would shift every slice beyond it by millimetres. Refusing is safer
+    than resampling for planning: the user can find the missing file.
+    """
+    if any(p is None for p in positions):
+        raise InputError(folder, "has a slice without ImagePositionPatient; cannot check its "
+                         "slice spacing")
+    try:
+        points = np.array([[float(v) for v in p.split("\\")] for p in positions])
+    except ValueError as e:
+        raise InputError(folder, f"has an unreadable ImagePositionPatient ({e})") from e
+    normal = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, 2]
+    along = np.sort(points @ normal)
+    gaps = np.diff(along)
+    step = float(np.median(gaps))
+    if step <= 1e-6:
+        raise InputError(folder, "has two or more slices at one position: a mixed series?")
+    worst = int(np.argmax(np.abs(gaps - step)))
+    if abs(gaps[worst] - step) > max(1e-3, 0.01 * step):
+        raise InputError(
+            folder, f"has unevenly spaced slices: {gaps[worst]:.4g} mm between slices {worst + 1} "
+            f"and {worst + 2} of {len(along)}, {step:.4g} mm elsewhere; a slice is missing or "
+            "unreadable (refused rather than stacked at the wrong positions)")
 
 
 def _from_sitk(image, path: Path) -> Volume:
@@ -140,7 +186,9 @@ def _from_sitk(image, path: Path) -> Volume:
         size = tuple(image.GetSize())
         raise InputError(path, f"is {image.GetDimension()}D with size {size}, expected a 3D volume")
     array = _as_3d(sitk.GetArrayFromImage(image).transpose(2, 1, 0), path)
-    return Volume(np.ascontiguousarray(array), affine_from_sitk(image), source=str(path))
+    affine = affine_from_sitk(image)
+    _check_affine(affine, path)
+    return Volume(np.ascontiguousarray(array), affine, source=str(path))
 
 
 def affine_from_sitk(image) -> np.ndarray:
@@ -176,20 +224,99 @@ def sha256_file(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------- writing
+# A write that fails for one of these is the user's to fix (a full disk, a read-only or
+# forbidden folder): one line naming the file, not a traceback.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG})
+
+
+def write_error(path: str | Path, error: OSError) -> InputError:
+    return InputError(path, f"cannot be written ({error.strerror or error})")
+
+
+def _umask() -> int:
+    umask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the user's umask."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The mode ``mkdir`` would give a new folder (mkdtemp makes it 0700)."""
+    return 0o777 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffix); rename it into place on success."""
+    """Yield a temporary path beside ``path`` (same suffix); rename it into place on success.
+
+    The file gets the user's usual permissions (mkstemp makes it 0600). A write refused by the
+    system (disk full, read-only) becomes an InputError naming ``path``; no temporary is left.
+    """
     path = Path(path)
     suffix = _suffix(path) if path.name.endswith(".seg.nrrd") is False else ".seg.nrrd"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}",
+                                    dir=path.parent)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e) from e
+        raise
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(path, e) from e
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def inside(root: str | Path, name: object, where: str | Path | None = None) -> Path:
+    """``root / name``, refusing a name that leads outside ``root``: absolute, with ``..``, or
+    through a symbolic link. Every path a manifest or a package names goes through here."""
+    root, rel = Path(root), Path(str(name))
+    path = root / rel
+    if (not str(name) or rel.is_absolute() or ".." in rel.parts
+            or not path.resolve().is_relative_to(root.resolve())):
+        raise InputError(where or root, f"names {str(name)!r}, which is outside {root}")
+    return path
+
+
+def is_partial(path: Path) -> bool:
+    """A temporary left by ``atomic_path`` (after a kill, which no ``finally`` survives)."""
+    return path.name.startswith(".") and ".part" in path.name
+
+
+def check_writable_folder(folder: str | Path) -> None:
+    """Fail early, before anything is written, if ``folder`` cannot be made or written in."""
+    folder = Path(folder)
+    existing = folder
+    while True:
+        try:
+            existing.stat()
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if existing.is_symlink():
+                raise InputError(existing, "is a broken symbolic link") from None
+            existing = existing.parent
+        except OSError as e:  # a symlink loop, a file used as a folder, ...
+            raise InputError(existing, f"cannot be used as a folder ({e.strerror or e})") from None
+    if not existing.is_dir():
+        raise InputError(existing, "is a file, so the output folder cannot be created there")
+    try:  # a real write test: permission bits do not tell for root or read-only file systems
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(folder, f"output folder is not writable ({e.strerror or e})") from e
 
 
 def save_volume(volume: Volume, path: str | Path, dtype: np.dtype | str | None = None) -> Path:

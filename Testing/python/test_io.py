@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
+import stat
+from pathlib import Path
 
 import nibabel as nib
+import nrrd
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -57,6 +62,9 @@ def write_dicom_series(volume: Volume, folder) -> None:
         writer.Execute(s)
 
 
+LPS = np.array([-1.0, -1.0, 1.0])  # RAS <-> LPS, written out here rather than taken from io
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
 def test_formats_round_trip_geometry(tmp_path, suffix):
     vol = oblique_volume()
@@ -68,9 +76,38 @@ def test_formats_round_trip_geometry(tmp_path, suffix):
     back = load_volume(path)
     np.testing.assert_array_equal(back.array, vol.array)
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-5)
+    # The file itself, read by another reader, puts each voxel at the same physical point (in
+    # LPS for NRRD/MetaImage): a writer and reader that both dropped the RAS/LPS flip would still
+    # agree with each other above, but not here.
+    ijk = np.array([[0, 0, 0], [11, 9, 7], [3, 5, 2]])
+    if suffix == ".nrrd":
+        header = nrrd.read_header(str(path))
+        assert header["space"] == "left-posterior-superior"
+        lps = header["space origin"] + ijk @ header["space directions"]
+    elif suffix == ".mha":
+        image = sitk.ReadImage(str(path))
+        lps = np.array([image.TransformIndexToPhysicalPoint([int(v) for v in p]) for p in ijk])
+    else:
+        lps = nib.affines.apply_affine(nib.load(path).affine, ijk) * LPS
+    np.testing.assert_allclose(lps * LPS, vol.world_coordinates(ijk), atol=1e-4)
+
+
+def test_nrrd_written_by_another_writer_is_read_at_its_physical_position(tmp_path):
+    """A voxel NRRD places at LPS (10, 20, 30) is at RAS (-10, -20, 30) in the volume we read."""
+    directions = np.array([[0.0, 1.5, 0.0], [-2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])  # rows: i, j, k
+    nrrd.write(str(tmp_path / "v.nrrd"), np.arange(60, dtype=np.int16).reshape(3, 4, 5) + 1,
+               {"space": "left-posterior-superior", "space directions": directions,
+                "space origin": np.array([10.0, 20.0, 30.0])})
+    vol = load_volume(tmp_path / "v.nrrd")
+    assert vol.array[2, 1, 3] == 2 * 20 + 1 * 5 + 3 + 1
+    np.testing.assert_allclose(vol.world_coordinates(np.array([[0, 0, 0]]))[0], [-10, -20, 30])
+    expected = (np.array([10.0, 20.0, 30.0]) + [2, 1, 3] @ directions) * LPS
+    np.testing.assert_allclose(vol.world_coordinates(np.array([[2, 1, 3]]))[0], expected)
 
 
 def test_dicom_series_folder(tmp_path):
+    import pydicom
+
     vol = oblique_volume(shape=(16, 12, 6))
     write_dicom_series(vol, tmp_path / "series")
     back = load_volume(tmp_path / "series")
@@ -79,6 +116,55 @@ def test_dicom_series_folder(tmp_path):
     assert not np.allclose(back.affine, vol.affine, atol=1e-4)
     same = reorient_to(back, vol.grid)
     np.testing.assert_array_equal(same.array, vol.array)
+    # Each file's ImagePositionPatient (LPS, read with pydicom) is the first voxel of a slice of
+    # the volume we read, and of the volume written.
+    first_voxels = back.world_coordinates(np.array([[0, 0, k] for k in range(back.shape[2])]))
+    written = vol.world_coordinates(np.array([[0, 0, k] for k in range(vol.shape[2])]))
+    for f in sorted((tmp_path / "series").glob("*.dcm")):
+        ras = np.asarray(pydicom.dcmread(f).ImagePositionPatient, float) * LPS
+        assert np.abs(first_voxels - ras).max(axis=1).min() < 1e-3, f.name
+        assert np.abs(written - ras).max(axis=1).min() < 1e-3, f.name
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    """ITK would stack 7 slices at the mean spacing, misplacing every slice beyond the gap."""
+    vol = oblique_volume(shape=(16, 12, 8))
+    write_dicom_series(vol, tmp_path / "series")
+    (tmp_path / "series" / "slice003.dcm").unlink()
+    with pytest.raises(InputError, match="unevenly spaced slices.*missing") as e:
+        load_volume(tmp_path / "series")
+    assert str(tmp_path / "series") in str(e.value) and "\n" not in str(e.value)
+    # A truncated file (the copy broke off) is not read either, and is refused the same way.
+    write_dicom_series(vol, tmp_path / "truncated")
+    f = tmp_path / "truncated" / "slice004.dcm"
+    f.write_bytes(f.read_bytes()[:300])
+    with pytest.raises(InputError, match="unevenly spaced|cannot be read"):
+        load_volume(tmp_path / "truncated")
+
+
+def _nifti_with_header_affine(tmp_path, rows) -> Path:
+    """A NIfTI whose sform is exactly ``rows`` (nibabel would refuse to build such an image)."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header["sform_code"] = 1
+    header["srow_x"], header["srow_y"], header["srow_z"] = rows
+    path = tmp_path / "affine.nii"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), None, header=header), path)
+    return path
+
+
+@pytest.mark.parametrize("rows", [[[0] * 4] * 3, [[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]]],
+                         ids=["zero", "singular"])
+def test_zero_or_singular_affine_is_one_line_exit_2(tmp_path, rows, capsys):
+    from brainbarriers.cli.main import main
+
+    path = _nifti_with_header_affine(tmp_path, rows)
+    with pytest.raises(InputError, match="zero or singular affine"):
+        load_volume(path)
+    code = main(["run", "--t1", str(path), "--steps", "skullstrip", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(path) in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_nifti_matches_nibabel_world_coordinates(tmp_path):
@@ -144,16 +230,34 @@ def test_seg_nrrd_has_names_colours_and_voxels(tmp_path):
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):
-    """A failure while writing leaves neither the file nor a temporary beside it."""
+    """A failure while writing leaves the earlier file as it was and no temporary beside it."""
     vol = oblique_volume()
+    final = tmp_path / "out.nii.gz"
+    final.write_bytes(b"the earlier result")
+    written_to = []
 
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
+    def full_disk(img, filename):  # writes part of the file, then the disk is full
+        written_to.append(Path(filename))
+        Path(filename).write_bytes(b"half a NIfTI")
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
 
-    monkeypatch.setattr(nib, "save", boom)
-    with pytest.raises(OSError):
-        save_volume(vol, tmp_path / "out.nii.gz")
-    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(nib, "save", full_disk)
+    with pytest.raises(InputError, match="out.nii.gz: cannot be written .No space left"):
+        save_volume(vol, final)
+    assert written_to and written_to[0] != final  # the bytes went to a temporary name
+    assert final.read_bytes() == b"the earlier result"
+    assert list(tmp_path.iterdir()) == [final]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """mkstemp makes 0600 files; outputs get what the user's umask gives any new file."""
+    old = os.umask(0o027)
+    try:
+        save_volume(oblique_volume(), tmp_path / "a.nii.gz")
+        mode = stat.S_IMODE((tmp_path / "a.nii.gz").stat().st_mode)
+    finally:
+        os.umask(old)
+    assert mode == 0o640
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -223,3 +223,116 @@ def test_an_output_a_step_no_longer_makes_is_removed(tmp_path, crop):
     PipelineRun({"t1": path}, tmp_path / "run", [step], options={"maybe": {"make": False}}).run()
     assert not (tmp_path / "run" / "ctv.nii.gz").exists()
     assert not (tmp_path / "run" / "work" / "ctv.nii.gz").exists()
+
+
+def _mask_of(name):
+    """A step making the brain mask and the skull-stripped ``name`` (a skullstrip stand-in)."""
+    def run(ctx):
+        mask = ctx.get(name).array > 115
+        return {"brain_mask": ctx.new_volume(mask.astype(np.uint8)),
+                f"{name}_brain": ctx.new_volume(np.where(mask, ctx.get(name).array, 0))}
+    return Step("strip", run, sequences=(name,), outputs=("brain_mask",),
+                optional_outputs=(f"{name}_brain",), labels=("brain_mask",))
+
+
+def test_rerun_with_another_input_and_fewer_steps_keeps_nothing_of_the_first(tmp_path, crop):
+    """The folder holds one run's products: none made from the first input survives a rerun."""
+    def tumour(ctx):
+        return {"tumor": ctx.new_volume((ctx.get("brain_mask").array > 0).astype(np.uint8))}
+
+    tumour_step = Step("tumor", tumour, inputs=("brain_mask",), outputs=("tumor",),
+                       labels=("tumor",))
+    first, second = tmp_path / "first.nii.gz", tmp_path / "second.nii.gz"
+    save_volume(crop, first)
+    save_volume(crop.with_array(crop.array[::-1].copy()), second)
+    out = tmp_path / "run"
+    PipelineRun({"t1": first}, out, [_mask_of("t1"), tumour_step]).run()
+    assert (out / "tumor.nii.gz").exists() and (out / "t1_brain.nii.gz").exists()
+    PipelineRun({"t1": second}, out, [THRESHOLD]).run()
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert names == {"brain_mask.nii.gz", "work/brain_mask.nii.gz", "segmentation.seg.nrrd",
+                     "overview.png", "manifest.json", ".brainbarriers.lock"}, names
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"]["t1"]["path"] == str(second)
+    assert set(manifest["outputs"]) == {"brain_mask"}
+
+
+def test_a_refused_input_leaves_no_new_folder(tmp_path, crop):
+    """An input refused while the run runs (here a bad option) leaves no folder the run made."""
+    path = tmp_path / "t1.nii.gz"
+    save_volume(crop, path)
+
+    def refuse(ctx):
+        raise InputError(None, "threshold: option level must be a number")
+
+    step = Step("refuse", refuse, sequences=("t1",), outputs=("brain_mask",))
+    with pytest.raises(InputError, match="must be a number"):
+        PipelineRun({"t1": path}, tmp_path / "new" / "run", [step]).run()
+    assert not (tmp_path / "new" / "run").exists()
+    # In a folder that was there before, the refusal is recorded, and earlier outputs are gone.
+    PipelineRun({"t1": path}, tmp_path / "old", [THRESHOLD]).run()
+    with pytest.raises(InputError):
+        PipelineRun({"t1": path}, tmp_path / "old", [step]).run()
+    manifest = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "must be a number" in manifest["error"]
+    assert not (tmp_path / "old" / "brain_mask.nii.gz").exists()
+
+
+def test_part_files_of_a_killed_run_are_cleaned(tmp_path, crop):
+    path = tmp_path / "t1.nii.gz"
+    save_volume(crop, path)
+    out = tmp_path / "run"
+    PipelineRun({"t1": path}, out, [THRESHOLD]).run()
+    # What SIGKILL between writing and renaming leaves (no `finally` runs).
+    leftovers = [out / ".brain_mask.nii.gz.k1ll3d.part.nii.gz",
+                 out / "work" / ".brain_mask.nii.gz.x9.part.nii.gz",
+                 out / ".manifest.json.abc.part.json"]
+    for p in leftovers:
+        p.write_bytes(b"half")
+    PipelineRun({"t1": path}, out, [THRESHOLD]).run()
+    assert not [p for p in out.rglob("*") if ".part" in p.name]
+
+
+def test_output_folder_through_a_symlink_loop_is_one_line_exit_2(tmp_path, crop, capsys):
+    from brainbarriers.cli.main import main
+
+    path = tmp_path / "t1.nii.gz"
+    save_volume(crop, path)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out, problem in [(tmp_path / "loop" / "run", "symbolic links"),
+                         (tmp_path / "dangling", "broken symbolic link")]:
+        code = main(["run", "--t1", str(path), "--steps", "skullstrip", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and problem in err[0], err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, crop):
+    """Two runs into one folder: the second is refused with a clear message, the first is whole."""
+    import threading
+
+    path = tmp_path / "t1.nii.gz"
+    save_volume(crop, path)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(ctx):
+        inside.set()
+        release.wait(30)
+        return _threshold_step_run(ctx)
+
+    step = Step("threshold", slow, sequences=("t1",), outputs=("brain_mask",), labels=("brain_mask",))
+    first = PipelineRun({"t1": path}, tmp_path / "run", [step])
+    worker = threading.Thread(target=first.run)
+    worker.start()
+    try:
+        assert inside.wait(30)
+        with pytest.raises(InputError, match=r"another brainbarriers run \(process \d+\) is writing"):
+            PipelineRun({"t1": path}, tmp_path / "run", [THRESHOLD]).run()
+    finally:
+        release.set()
+        worker.join(60)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["steps"][0]["status"] == "done"
+    # Once the first is done, the folder is free again.
+    PipelineRun({"t1": path}, tmp_path / "run", [THRESHOLD]).run()

@@ -9,13 +9,15 @@ of its inputs) is the same as in the manifest and its files are still there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import platform
-import tempfile
+import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,14 @@ import numpy as np
 from .. import __version__
 from ..errors import Cancelled, InputError
 from ..geometry import canonical_grid, grids_overlap, reorient_to, resample_to, to_canonical
-from ..io import atomic_path, load_volume, save_volume, sha256_file
+from ..io import (
+    atomic_path,
+    check_writable_folder,
+    is_partial,
+    load_volume,
+    save_volume,
+    sha256_file,
+)
 from ..volume import Grid, Volume
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair", "ct")
@@ -41,6 +50,7 @@ FINAL_OUTPUTS = {
 }
 MANIFEST = "manifest.json"
 WORK = "work"
+LOCK = ".brainbarriers.lock"
 
 
 @dataclass(frozen=True)
@@ -187,16 +197,7 @@ def software_versions() -> dict[str, str]:
 
 def check_output_folder(out: Path) -> None:
     """Fail early, before anything is written, if the run folder cannot be made or written."""
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(existing, "is a file, so the output folder cannot be created there")
-    try:  # a real write test: permission bits do not tell for root or read-only file systems
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise InputError(out, f"output folder is not writable ({e.strerror or e})") from e
+    check_writable_folder(out)
 
 
 class PipelineRun:
@@ -224,6 +225,7 @@ class PipelineRun:
         self._product_keys: dict[str, str] = {}
         self.step_records: list[dict] = []
         self.input_sha256: dict[str, str] = {}
+        self.error = ""
 
         unknown = set(inputs) - set(SEQUENCES)
         if unknown:
@@ -326,33 +328,66 @@ class PipelineRun:
 
     # ------------------------------------------------------------------------------ running
     def run(self) -> dict[str, Path]:
-        """Run the steps; returns the final outputs written (product -> path)."""
-        (self.out / WORK).mkdir(parents=True, exist_ok=True)
+        """Run the steps; returns the final outputs written (product -> path).
+
+        The folder is locked for the run (a second run into it is refused). The folder then holds
+        this run's products only: earlier outputs are removed before the steps run and rewritten
+        at the end from the work products this run made or checked. A refused input leaves no
+        folder that the run itself created.
+        """
+        created = _make_folder(self.out)
+        try:
+            with folder_lock(self.out):
+                return self._run_locked()
+        except InputError:
+            if created:  # nothing of a refused run stays behind, not even its manifest
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    def _run_locked(self) -> dict[str, Path]:
         self.started = time.time()
+        previous = {s["name"]: s for s in self._previous_manifest().get("steps", [])}
+        _remove_partial_files(self.out)
+        (self.out / WORK).mkdir(exist_ok=True)
+        self._write_manifest("running")  # from here on the manifest names this run's inputs
+        for name in _final_files():
+            (self.out / name).unlink(missing_ok=True)
         self.emit(ProgressEvent("start", data={"steps": [s.name for s in self.steps],
                                                "out": str(self.out), "device": self.device}))
-        self._prepare_sequences()
-        previous = {s["name"]: s for s in self._previous_manifest().get("steps", [])}
         status = "running"
         try:
+            self._prepare_sequences()
             for step in self.steps:
                 self.cancel.check()
                 self._run_step(step, previous.get(step.name))
                 self._write_manifest(status)
             self.cancel.check()
+            self._remove_stale_work()
             outputs = self._export()
             status = "done"
         except Cancelled:
             status = "cancelled"
             raise
-        except BaseException:
+        except BaseException as e:
             status = "failed"
+            self.error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            self._write_manifest(status)
+            try:
+                self._write_manifest(status)
+            except (OSError, InputError):
+                if status == "done":
+                    raise
+                # Already failing (say, the disk is full): keep the first error.
         self.emit(ProgressEvent("done", data={"outputs": {k: str(v) for k, v in outputs.items()},
                                               "manifest": str(self.out / MANIFEST)}))
         return outputs
+
+    def _remove_stale_work(self) -> None:
+        """Work products this run neither made nor checked are an earlier run's: never kept."""
+        for path in (self.out / WORK).glob("*.nii.gz"):
+            if path.name[: -len(".nii.gz")] not in self._product_keys:
+                path.unlink()
 
     def _run_step(self, step: Step, previous: dict | None) -> None:
         inputs = [p for p in step.declared_inputs if self.has(p)]
@@ -407,16 +442,11 @@ class PipelineRun:
     def _export(self) -> dict[str, Path]:
         from ..export import write_overview, write_segmentation
 
+        # Earlier runs' files were removed at the start: what is written here is this run's.
         written: dict[str, Path] = {}
-        declared = {p for step in self.steps for p in step.outputs + step.optional_outputs}
         for product, filename in FINAL_OUTPUTS.items():
             if self.has(product):
                 written[product] = save_volume(self.user_grid_volume(product), self.out / filename)
-            elif product in declared:
-                # A step of this run chose not to make it (e.g. no CTV from an empty GTV): an
-                # earlier run's file would now be wrong.
-                (self.out / filename).unlink(missing_ok=True)
-                self.work_path(product).unlink(missing_ok=True)
         for product in self._product_keys:
             if product.endswith("_brain"):  # skull-stripped sequences, for the user and later runs
                 written[product] = save_volume(
@@ -446,12 +476,75 @@ class PipelineRun:
             "steps": self.step_records,
             "outputs": {p: FINAL_OUTPUTS[p] for p in FINAL_OUTPUTS if self.has(p)},
             "warnings": self.warnings,
+            **({"error": self.error} if self.error else {}),
             "versions": software_versions(),
             "seconds": round(time.time() - self.started, 3),
         }
         path = self.out / MANIFEST
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(manifest, indent=2))
+
+
+def _final_files() -> list[str]:
+    """Every file name a run writes in its folder, besides the manifest and ``work/``."""
+    brains = [f"{s}_brain.nii.gz" for s in SEQUENCES]
+    return [*FINAL_OUTPUTS.values(), *brains, "segmentation.seg.nrrd", "overview.png"]
+
+
+def _make_folder(out: Path) -> bool:
+    """Make the run folder; True when this call created it (so a refused run may remove it)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir()
+        return True
+    except FileExistsError:
+        if not out.is_dir():
+            raise InputError(out, "is a file, not a folder") from None
+        return False
+
+
+def _remove_partial_files(out: Path) -> None:
+    """Temporaries of a run that was killed (SIGKILL, power loss: no ``finally`` ran)."""
+    for folder in (out, out / WORK):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if is_partial(path) and path.is_file():
+                    path.unlink()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``.brainbarriers.lock``, released by the kernel if
+    the process dies); a second run into the folder is refused with the holder's process id."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _try_lock(fd):
+            holder = os.pread(fd, 16, 0).decode(errors="replace").strip() or "?"
+            raise InputError(folder, f"another brainbarriers run (process {holder}) is writing "
+                             "to this folder; wait for it to finish or choose another --out")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _try_lock(fd: int) -> bool:
+    if os.name == "nt":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    import fcntl
+
+    try:  # flock, not lockf: it also excludes a second run inside the same process
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def _label_dtype(array: np.ndarray) -> type:
