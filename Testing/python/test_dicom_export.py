@@ -7,6 +7,7 @@ synthetic-series writer); a pipeline run with the ``ctv`` step on it gives the r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -233,7 +234,38 @@ def test_series_on_another_grid_gets_resampled_segments(dicom_run, small_case, t
                         note=messages.append)
     assert any("resampled" in m for m in messages)
     assert len(result.series.datasets) == volume.shape[2]
-    assert pydicom.dcmread(tmp_path / "s.dcm").FrameOfReferenceUID == uids["frame"]
+    seg = pydicom.dcmread(tmp_path / "s.dcm")
+    assert seg.FrameOfReferenceUID == uids["frame"]
+    # Where the SEG puts the CTV, from its own frame positions, orientation and pixel spacing
+    # (read with pydicom/highdicom), lies in the run's CTV (read with nibabel), and covers about
+    # as much of the head: a shifted or flipped resampling would not.
+    import highdicom as hd
+    import nibabel as nib
+
+    labels = [item.SegmentLabel for item in seg.SegmentSequence]
+    number = labels.index("CTV") + 1
+    pixels = hd.seg.segread(tmp_path / "s.dcm").pixel_array
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    orientation = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    row_spacing, col_spacing = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    points = []
+    for f, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        if frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber != number:
+            continue
+        origin = np.asarray(frame.PlanePositionSequence[0].ImagePositionPatient, float)
+        mask = pixels[f] if pixels.ndim == 3 else pixels[f, ..., 0]
+        rows, cols = np.nonzero(mask)
+        points.append(origin + np.outer(cols * col_spacing, orientation[:3])
+                      + np.outer(rows * row_spacing, orientation[3:]))
+    ras = np.concatenate(points) * [-1.0, -1.0, 1.0]
+    ctv_img = nib.load(root / "run" / "ctv.nii.gz")
+    ctv = np.asarray(ctv_img.dataobj) > 0
+    ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(ctv_img.affine), ras)).astype(int)
+    assert (ijk >= 0).all() and (ijk < ctv.shape).all()
+    assert ctv[tuple(ijk.T)].mean() > 0.98
+    seg_ml = len(ras) * row_spacing * col_spacing * float(volume.spacing[2]) / 1000
+    ctv_ml = ctv.sum() * abs(np.linalg.det(ctv_img.affine[:3, :3])) / 1000
+    assert abs(seg_ml - ctv_ml) < 0.15 * ctv_ml
 
 
 def test_export_bad_input_exits_2(dicom_run, tmp_path, capsys):
@@ -282,3 +314,111 @@ def test_ctv_step_options_are_checked(small_case, small_case_dir, tmp_path):
         with pytest.raises(InputError, match=match):
             run.run()
 
+
+
+def _copy_run(root, tmp_path, **changes):
+    """A copy of the DICOM run folder with its manifest changed."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest.update(changes)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_export_refuses_unfinished_runs_and_paths_outside_the_run(dicom_run, tmp_path, capsys):
+    root, _ = dicom_run
+    for status in ("failed", "cancelled", "running"):
+        run = _copy_run(root, tmp_path / status, status=status)
+        assert cli_main(["export", "--run", str(run), "--format", "seg",
+                         "--out", str(tmp_path / "a.dcm")]) == 2
+        assert f"status is '{status}'" in capsys.readouterr().err
+    # A manifest naming an output outside the run folder (by '..' or a link) is not followed.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "tumor.nii.gz").write_bytes((root / "run" / "tumor.nii.gz").read_bytes())
+    manifest = json.loads((root / "run" / "manifest.json").read_text())
+    for name, outputs in [("dots", {**manifest["outputs"], "tumor": "../elsewhere/tumor.nii.gz"}),
+                          ("absolute", {**manifest["outputs"], "tumor": str(outside / "tumor.nii.gz")})]:
+        run = _copy_run(root, tmp_path / name, outputs=outputs)
+        (run.parent / "elsewhere").symlink_to(outside)
+        assert cli_main(["export", "--run", str(run), "--format", "seg",
+                         "--out", str(tmp_path / "a.dcm")]) == 2
+        assert "which is outside" in capsys.readouterr().err
+    run = _copy_run(root, tmp_path / "link")
+    (run / "tumor.nii.gz").unlink()
+    (run / "tumor.nii.gz").symlink_to(outside / "tumor.nii.gz")
+    assert cli_main(["export", "--run", str(run), "--format", "seg",
+                     "--out", str(tmp_path / "a.dcm")]) == 2
+    assert "which is outside" in capsys.readouterr().err
+    assert not (tmp_path / "a.dcm").exists()
+
+
+def test_export_refuses_a_reference_image_changed_since_the_run(small_case, small_case_dir, tmp_path):
+    import shutil
+
+    from brainbarriers.errors import InputError
+
+    t1 = tmp_path / "t1.nii.gz"
+    shutil.copy(small_case_dir / "t1.nii.gz", t1)
+    PipelineRun({"t1": t1}, tmp_path / "run", [truth_step(small_case)], device="cpu").run()
+    shutil.copy(small_case_dir / "t2.nii.gz", t1)  # another image under the same name
+    with pytest.raises(InputError, match="has changed since the run"):
+        export_run(tmp_path / "run", "seg", tmp_path / "a.dcm")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "t1.nii.gz"]
+
+
+def _read_only(monkeypatch, folder):
+    """Simulate a read-only file system at ``folder`` (tests run as root: chmod would not stop
+    them): creating a file or folder there fails with EROFS, as the kernel would say."""
+    import errno
+    import tempfile
+
+    def guard(function):
+        def wrapper(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve().is_relative_to(folder.resolve()):
+                raise OSError(errno.EROFS, "Read-only file system", str(dir))
+            return function(*args, dir=dir, **kwargs)
+        return wrapper
+
+    for name in ("mkstemp", "mkdtemp", "TemporaryFile"):
+        monkeypatch.setattr(tempfile, name, guard(getattr(tempfile, name)))
+
+
+def test_export_to_a_read_only_folder_is_one_line_and_leaves_nothing(
+        small_case, small_case_dir, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    PipelineRun({"t1": small_case_dir / "t1.nii.gz"}, run, [truth_step(small_case)],
+                device="cpu").run()
+    readonly, images = tmp_path / "ro", tmp_path / "images"
+    readonly.mkdir()
+    _read_only(monkeypatch, readonly)
+    for extra in ([], ["--images-out", str(images)]):
+        code = cli_main(["export", "--run", str(run), "--format", "seg",
+                         "--out", str(readonly / "seg.dcm"), *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "Read-only file system" in err[0], err
+    assert list(readonly.iterdir()) == [] and not images.exists()
+
+
+def test_a_failed_export_leaves_no_synthetic_series(small_case, small_case_dir, tmp_path,
+                                                    monkeypatch, capsys):
+    import errno
+
+    import highdicom as hd
+
+    run = tmp_path / "run"
+    PipelineRun({"t1": small_case_dir / "t1.nii.gz"}, run, [truth_step(small_case)],
+                device="cpu").run()
+
+    def disk_full(self, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"DICM half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+
+    monkeypatch.setattr(hd.seg.Segmentation, "save_as", disk_full)
+    code = cli_main(["export", "--run", str(run), "--format", "seg", "--out", str(tmp_path / "s.dcm")])
+    err = capsys.readouterr().err.strip().splitlines()  # a note on the series, then the error
+    assert code == 2 and "No space left on device" in err[-1] and "Traceback" not in str(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no s.dcm, no s_images

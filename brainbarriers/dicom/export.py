@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import grids_overlap, resample_to
-from ..io import load_volume
+from ..io import check_writable_folder, inside, load_volume, sha256_file
 from ..labels import SEGMENTS_BY_OUTPUT
 from ..pipeline.core import FINAL_OUTPUTS, MANIFEST
 from ..volume import Volume
@@ -29,15 +30,23 @@ class ExportResult:
 
 
 def _manifest(run_dir: Path) -> dict:
+    """The manifest of a finished run (a failed, cancelled or running one is refused)."""
     path = run_dir / MANIFEST
     if not run_dir.is_dir():
         raise InputError(run_dir, "is not a run folder")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except OSError:
         raise InputError(run_dir, f"has no {MANIFEST}: not a brainbarriers run folder") from None
     except ValueError as e:
         raise InputError(path, f"is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(path, "must hold a JSON object")
+    status = manifest.get("status")
+    if status != "done":
+        raise InputError(run_dir, f"holds a run whose status is {status!r}, not 'done': "
+                         "rerun it before exporting")
+    return manifest
 
 
 def run_label_maps(run_dir: Path, products: Sequence[str] | None = None) -> dict[str, Volume]:
@@ -51,7 +60,7 @@ def run_label_maps(run_dir: Path, products: Sequence[str] | None = None) -> dict
                          f"(label maps: {', '.join(SEGMENTS_BY_OUTPUT)})")
     maps = {}
     for product in wanted:
-        path = run_dir / outputs.get(product, FINAL_OUTPUTS[product])
+        path = inside(run_dir, outputs.get(product, FINAL_OUTPUTS[product]), run_dir / MANIFEST)
         if not path.exists():
             if products:
                 raise InputError(path, f"does not exist: the run made no {product}")
@@ -87,12 +96,17 @@ def choose_series(
         return read_series(dicom)
     manifest = _manifest(run_dir)
     reference = _reference_input(run_dir, manifest)
-    if reference is not None and reference.is_dir():
-        note(f"referring to the run's reference DICOM series {reference}")
-        return read_series(reference)
     if reference is None or not reference.exists():
         raise InputError(reference or run_dir, "the run's reference image is not there; give the "
                          "DICOM series to refer to with --dicom")
+    # The image must be the one the run saw: another would carry the run's labels to a new scan.
+    expected = manifest.get("inputs", {}).get(manifest.get("reference"), {}).get("sha256")
+    if sha256_file(reference) != expected:
+        raise InputError(reference, "has changed since the run (its sha256 differs from the "
+                         "manifest's): rerun, or give the DICOM series to refer to with --dicom")
+    if reference.is_dir():
+        note(f"referring to the run's reference DICOM series {reference}")
+        return read_series(reference)
     image = load_volume(reference)
     if not image.grid.same_as(grid_volume.grid):
         raise InputError(reference, "is not on the grid of the run's outputs; give --dicom")
@@ -121,6 +135,7 @@ def export_run(
         raise InputError(out, "is a folder; give the file to write (e.g. segmentation.dcm)")
     if not out.parent.exists():
         raise InputError(out.parent, "does not exist")
+    check_writable_folder(out.parent)  # before the synthetic series is written
     messages: list[str] = []
 
     def tell(message: str) -> None:
@@ -133,6 +148,18 @@ def export_run(
     series = choose_series(run_dir, out, dicom=Path(dicom) if dicom else None,
                            images_out=Path(images_out) if images_out else None,
                            grid_volume=first, note=tell)
+    try:
+        segments = _write(run_dir, out, fmt, maps, series, tell)
+    except BaseException:
+        if series.synthetic:  # written for this export only: a failed export leaves none
+            shutil.rmtree(series.folder, ignore_errors=True)
+        raise
+    return ExportResult(out, series, segments, messages)
+
+
+def _write(run_dir: Path, out: Path, fmt: str, maps: dict[str, Volume], series: SourceSeries,
+           tell: Callable[[str], None]) -> list[str]:
+    """Write the SEG or RT Structure Set; returns the names of the segments written."""
     segments = []
     for product, volume in maps.items():
         if not volume.grid.same_as(series.grid):
@@ -156,4 +183,4 @@ def export_run(
         from .rtstruct import write_rtstruct
 
         write_rtstruct(out, series, segments, series.grid.affine)
-    return ExportResult(out, series, [spec.name for _, spec, _ in segments], messages)
+    return [spec.name for _, spec, _ in segments]

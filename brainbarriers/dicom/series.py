@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError
-from ..io import load_volume
+from ..io import WRITE_ERRNOS, folder_mode, load_volume, write_error
 from ..volume import Grid, Volume
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -112,8 +112,11 @@ def write_series(
     spacing = volume.spacing
     row_dir = _LPS @ direction[:, 0]  # along a row: increasing column index = the i axis
     col_dir = _LPS @ direction[:, 1]  # down a column: increasing row index = the j axis
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError as e:
+        raise write_error(folder, e) from e
     datasets = []
     try:
         for k in range(volume.shape[2]):
@@ -156,7 +159,12 @@ def write_series(
             datasets.append(ds)
         if folder.exists():
             folder.rmdir()
+        os.chmod(tmp, folder_mode())  # mkdtemp made it 0700
         os.replace(tmp, folder)
+    except OSError as e:
+        if e.errno in WRITE_ERRNOS:
+            raise write_error(folder, e) from e
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
