@@ -28,6 +28,7 @@ from ..pipeline.core import Step, StepContext, option_flag
 from ..volume import Volume
 
 DEMO_MODELS = "barriers_demo"
+OPTIONS = ("models", "reference", "refine")
 
 
 def demo_models_folder() -> Path:
@@ -35,6 +36,10 @@ def demo_models_folder() -> Path:
 
 
 def _run(ctx: StepContext) -> dict[str, Volume]:
+    unknown = sorted(set(ctx.options) - set(OPTIONS))
+    if unknown:  # e.g. "model" for "models": refuse rather than silently use the default
+        raise InputError(None, f"barriers: unknown option(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(OPTIONS)})")
     choice = str(ctx.options.get("models", "atlas"))
     brain_mask = ctx.get("brain_mask")
     brain = brain_mask.array > 0
