@@ -3,9 +3,13 @@
 This is the one place that says what each label value means; the ``.seg.nrrd`` writer and the Slicer
 scene bridge both read it.
 
-Terminology codes are SNOMED CT (scheme ``SCT``). Entries of Slicer's own lists use Slicer's context
-names; structures that Slicer's lists lack (falx, tentorium, the venous sinuses, enhancing tumour)
-come from the extension's own ``Resources/BrainBarriers.term.json`` (context name below).
+Terminology codes are SNOMED CT (scheme ``SCT``). Every segment's category and type is in the
+extension's own context, ``SlicerBrainBarriers/Resources/BrainBarriers.term.json`` (name below),
+which the module loads at startup: Slicer's General Anatomy list lacks several of them (falx,
+tentorium, the venous sinuses, enhancing tumour; issue 16's review found its cerebellum type
+missing too), and one context
+the tests can load and check is safer than entries spread over lists that change between Slicer
+releases. The codes themselves are the standard ones wherever one was verified.
 Where we could not verify a SNOMED CT code (tentorium, superior sagittal and transverse sinus) we use
 a private coding scheme, ``99BBR`` (DICOM reserves the "99" prefix for private schemes), rather than
 risk a wrong standard code in exported DICOM objects.
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SLICER_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 OWN_CONTEXT = "Segmentation category and type - BrainBarriers"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
@@ -31,7 +34,7 @@ class SegmentSpec:
     color: tuple[float, float, float]
     category: tuple[str, str, str]
     type: tuple[str, str, str]
-    context: str = SLICER_CONTEXT
+    context: str = OWN_CONTEXT
     region: tuple[str, str, str] | None = None  # anatomic region, for morphologically altered types
 
     def terminology_dict(self) -> dict:
@@ -80,22 +83,19 @@ TUMOR_SEGMENTS: dict[int, SegmentSpec] = {
     4: SegmentSpec(
         "enhancing_tumor", "Enhancing tumour", _rgb(250, 220, 40),
         MORPHOLOGICALLY_ALTERED, ("SCT", "108369006", "Neoplasm"), region=BRAIN,
-        context=OWN_CONTEXT,
     ),
 }
 
 # Anatomical Barriers to Cancer spread. The ABCs 2020 challenge joins 3 and 4 as "sinuses".
 BARRIER_SEGMENTS: dict[int, SegmentSpec] = {
     1: SegmentSpec("falx", "Falx cerebri", _rgb(230, 150, 35), ANATOMICAL_STRUCTURE,
-                   ("SCT", "279275004", "Falx cerebri"), context=OWN_CONTEXT),
+                   ("SCT", "279275004", "Falx cerebri")),
     2: SegmentSpec("tentorium", "Tentorium cerebelli", _rgb(180, 100, 220), ANATOMICAL_STRUCTURE,
-                   ("99BBR", "BBR0002", "Tentorium cerebelli"), context=OWN_CONTEXT),
+                   ("99BBR", "BBR0002", "Tentorium cerebelli")),
     3: SegmentSpec("sagittal_sinus", "Sagittal brain sinus", _rgb(0, 120, 255),
-                   ANATOMICAL_STRUCTURE, ("99BBR", "BBR0003", "Superior sagittal sinus"),
-                   context=OWN_CONTEXT),
+                   ANATOMICAL_STRUCTURE, ("99BBR", "BBR0003", "Superior sagittal sinus")),
     4: SegmentSpec("transverse_sinus", "Transverse brain sinus", _rgb(0, 200, 230),
-                   ANATOMICAL_STRUCTURE, ("99BBR", "BBR0004", "Transverse sinus"),
-                   context=OWN_CONTEXT),
+                   ANATOMICAL_STRUCTURE, ("99BBR", "BBR0004", "Transverse sinus")),
     5: SegmentSpec("cerebellum", "Cerebellum", _rgb(240, 140, 170), ANATOMICAL_STRUCTURE,
                    ("SCT", "113305005", "Cerebellum")),
     6: SegmentSpec("ventricles", "Ventricles", _rgb(90, 200, 255), ANATOMICAL_STRUCTURE,
@@ -104,7 +104,7 @@ BARRIER_SEGMENTS: dict[int, SegmentSpec] = {
 
 CTV_SEGMENT = SegmentSpec(
     "ctv", "CTV", _rgb(255, 90, 200), ("SCT", "246464006", "Function"),
-    ("SCT", "228792002", "Clinical target volume"), context=OWN_CONTEXT,
+    ("SCT", "228792002", "Clinical target volume"),
 )
 
 # Output key -> the segments its label map holds. Keys are the pipeline's output names.

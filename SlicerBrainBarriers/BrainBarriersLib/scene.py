@@ -201,10 +201,9 @@ class _Created:
 def set_segment_properties(segment, spec: SegmentSpec) -> None:
     segment.SetName(spec.name)
     segment.SetColor(*spec.color)
-    if hasattr(segment, "SetTerminology"):  # Slicer >= 5.7
-        segment.SetTerminology(spec.terminology_string())
-    else:
-        segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology_string())
+    # Slicer >= 5.10 (the extension's minimum: older Slicers bundle Python 3.9, which the core
+    # cannot run on) has vtkSegment.SetTerminology; the SetTag fallback is gone with them.
+    segment.SetTerminology(spec.terminology_string())
 
 
 def _add_label_layer(created: _Created, seg_node, volume: Volume, specs: Mapping[int, SegmentSpec],

@@ -184,9 +184,7 @@ def test_labels_become_named_coloured_tagged_segments(scene):
             assert segment.GetName() == spec.name
             np.testing.assert_allclose(segment.GetColor(), spec.color, atol=1e-6)
             entry = slicer.vtkSlicerTerminologyEntry()
-            tag = segment.GetTerminology() if hasattr(segment, "GetTerminology") else \
-                segment.GetTag(segment.GetTerminologyEntryTagName())
-            assert terminology.DeserializeTerminologyEntry(tag, entry)
+            assert terminology.DeserializeTerminologyEntry(segment.GetTerminology(), entry)
             assert entry.GetTerminologyContextName() == spec.context
             assert entry.GetTypeObject().GetCodeValue() == spec.type[1]
             assert entry.GetCategoryObject().GetCodeValue() == spec.category[1]
@@ -266,10 +264,15 @@ def test_import_outputs_is_all_or_nothing(scene, tmp_path):
 
 
 # ------------------------------------------------------------------------------ terminology
-def test_term_file_loads_and_matches_labels():
+def test_every_segment_is_found_in_a_context_slicer_loads():
+    """Slicer's Terminologies logic loads the extension's context, and every segment's category
+    and type are in it, with the segment's name and colour."""
     logic = slicer.vtkSlicerTerminologiesModuleLogic()
     context = logic.LoadTerminologyFromFile(str(TERM_FILE))
     assert context == OWN_CONTEXT
+    names = vtk.vtkStringArray()
+    logic.GetLoadedTerminologyNames(names)
+    loaded = {names.GetValue(i) for i in range(names.GetNumberOfValues())}
     types = {}
     category = slicer.vtkSlicerTerminologyCategory()
     for i in range(logic.GetNumberOfCategoriesInTerminology(context)):
@@ -278,12 +281,15 @@ def test_term_file_loads_and_matches_labels():
             t = slicer.vtkSlicerTerminologyType()
             logic.GetNthTypeInTerminologyCategory(context, category, j, t)
             types[(category.GetCodeValue(), t.GetCodeValue())] = (
-                t.GetCodeMeaning(), tuple(t.GetRecommendedDisplayRGBValue()))
-    own = [s for specs in SEGMENTS_BY_OUTPUT.values() for s in specs.values()
-           if s.context == OWN_CONTEXT]
-    assert own
-    for spec in own:
-        meaning, rgb = types[(spec.category[1], spec.type[1])]
-        assert meaning == spec.type[2]
+                t.GetCodeMeaning(), tuple(t.GetRecommendedDisplayRGBValue()), t.GetSlicerLabel())
+    specs = [s for specs in SEGMENTS_BY_OUTPUT.values() for s in specs.values()]
+    for spec in specs:
+        assert spec.context in loaded, spec.key
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(spec.terminology_string(), entry)
+        key = (entry.GetCategoryObject().GetCodeValue(), entry.GetTypeObject().GetCodeValue())
+        assert key in types, f"{spec.key}: {key} is not in {context}"
+        meaning, rgb, label = types[key]
+        assert meaning == spec.type[2] and label == spec.name
         assert rgb == tuple(round(c * 255) for c in spec.color)
-    assert len(types) == len({(s.category[1], s.type[1]) for s in own})
+    assert len(types) == len({(s.category[1], s.type[1]) for s in specs})
