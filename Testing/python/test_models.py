@@ -13,6 +13,7 @@ import torch
 
 from brainbarriers.cli.main import main as cli
 from brainbarriers.errors import InputError
+from brainbarriers.io import sha256_file
 from brainbarriers.models import (
     MANIFEST,
     install_package,
@@ -208,31 +209,170 @@ def test_import_monai_bundle(tmp_path):
 
 
 def test_monai_bundle_runs_through_our_inference(tmp_path, small_case):
-    """The imported SegResNet's channels are fed in the bundle's order and TC/WT/ET decoded."""
+    """The imported SegResNet's channels are fed in the bundle's order and TC/WT/ET decoded.
+
+    Each sequence is bright in its own region, and a stand-in network reads the regions from the
+    channels where the bundle says the sequences are (TC from T1c, WT from FLAIR, ET from T1): the
+    labels come out right only if the channels go in, and the outputs come back, in that order.
+    """
     from brainbarriers.tumor.inference import segment
 
     _fake_bundle(tmp_path / "b")
     from brainbarriers.models.monai_bundle import import_monai_bundle
 
     pkg = import_monai_bundle(tmp_path / "b", tmp_path / "pkg")
+    assert pkg.inputs == ["t1ce", "t1", "t2", "flair"]
     mask = small_case.truths["brain_mask"]
-    images = {s: v.with_array(v.array * (mask.array > 0)) for s, v in small_case.sequences.items()}
+    brain = mask.array > 0
+    centre = np.argwhere(brain).mean(axis=0)
+    radius = np.linalg.norm(np.indices(mask.shape) - centre[:, None, None, None], axis=0)
+    region = {"ET": radius < 4, "TC": radius < 7, "WT": radius < 11,
+              "elsewhere": (radius > 14) & (radius < 17)}
+    bright_in = {"t1ce": "TC", "t1": "ET", "flair": "WT", "t2": "elsewhere"}
+    images = {s: mask.with_array(np.where(brain, 1.0 + 10.0 * region[r], 0.0).astype(np.float32))
+              for s, r in bright_in.items()}
     # The bundle's 1 mm is overridden to the phantom's 2 mm to keep the test quick (resampling to the
     # model's spacing is tested with the demo model); TTA off.
     pkg.manifest["spacing_mm"] = [2.0, 2.0, 2.0]
     seen = {}
 
-    class Spy(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
+    class Reader(torch.nn.Module):
+        """Stands in for the network: region logits read from the bundle's input channels."""
 
         def forward(self, x):
             seen["channels"] = x.shape[1]
-            return self.inner(x)
+            def bright(c):
+                return torch.where(x[:, c] > 1.0, 10.0, -10.0)
+            return torch.stack([bright(0), bright(3), bright(1)], dim=1)  # TC, WT, ET
 
-    labels = segment(images, mask, pkg, tta=False, nets=[Spy(pkg.build_network())])
+    labels = segment(images, mask, pkg, tta=False, nets=[Reader()])
     assert seen["channels"] == 4
     assert labels.grid.same_as(mask.grid)
-    assert set(np.unique(labels.array)) <= {0, 1, 2, 4}
-    assert not labels.array[mask.array == 0].any()
+    expected = np.zeros(mask.shape, np.uint8)
+    expected[region["WT"]] = 2
+    expected[region["TC"]] = 1
+    expected[region["ET"]] = 4
+    expected[~brain] = 0
+    assert (expected == 4).sum() > 20 and (expected == 2).sum() > 20
+    np.testing.assert_array_equal(labels.array, expected)
+    # The imported network itself runs through the same path.
+    labels = segment(images, mask, pkg, tta=False, nets=[pkg.build_network()])
+    assert set(np.unique(labels.array)) <= {0, 1, 2, 4} and not labels.array[~brain].any()
+
+
+# ------------------------------------------------------------------------------ integrity
+@pytest.fixture()
+def private_tmp(tmp_path, monkeypatch):
+    """tempfile's folder (where zips are extracted) isolated for the test."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _zip(folder, zpath, extra=()):
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for f in folder.iterdir():
+            z.write(f, f"pkg/{f.name}")
+        for name, data in extra:
+            z.writestr(name, data)
+    return zpath
+
+
+@pytest.mark.parametrize("field, value", [("name", "../../victim"), ("version", "../../../victim"),
+                                          ("name", "/tmp/victim"), ("name", "..")])
+def test_install_writes_nothing_outside_the_models_folder(package, tmp_path, field, value):
+    folder, _ = package
+    victim = tmp_path / "victim-0.1"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    m = json.loads((folder / MANIFEST).read_text())
+    m[field] = value
+    (folder / MANIFEST).write_text(json.dumps(m))
+    models = tmp_path / "a" / "b" / "models"
+    with pytest.raises(InputError, match=f"{field} .* cannot name a folder"):
+        install_package(folder, dest=models)
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_a_weights_file_linked_outside_the_package_is_refused(package, tmp_path):
+    folder, _ = package
+    outside = tmp_path / "outside.safetensors"
+    (folder / "fold0.safetensors").rename(outside)
+    (folder / "fold0.safetensors").symlink_to(outside)  # same bytes, same sha256, but elsewhere
+    with pytest.raises(InputError, match="which is outside"):
+        verify_package(folder)
+
+
+def test_the_zip_cache_is_checked_against_the_zip_on_every_use(package, tmp_path, private_tmp):
+    """A package planted in the extraction cache (self-consistent checksums) is not used."""
+    from brainbarriers.nets.hnfnet import HNFNetv2
+
+    folder, nets = package
+    zpath = _zip(folder, tmp_path / "pkg.zip")
+    cached = load_package(zpath).path
+    torch.manual_seed(99)
+    planted = write_package(tmp_path / "planted", _manifest(), {"fold0": HNFNetv2(**SMALL).state_dict(),
+                                                                  "fold1": nets["fold1"]})
+    for f in planted.iterdir():
+        shutil.copy(f, cached / f.name)
+    assert verify_package(cached).name == "tiny-hnf"  # the planted folder verifies on its own
+    original = (folder / "fold0.safetensors").read_bytes()
+    assert (load_package(zpath).path / "fold0.safetensors").read_bytes() == original
+    for f in planted.iterdir():
+        shutil.copy(f, cached / f.name)
+    pkg = install_package(zpath, sha256=sha256_file(zpath), dest=tmp_path / "models")
+    assert (pkg.path / "fold0.safetensors").read_bytes() == original
+
+
+def test_sha256_given_for_a_folder_is_not_ignored(package, tmp_path):
+    folder, _ = package
+    with pytest.raises(InputError, match="--sha256 checks a zip"):
+        install_package(folder, sha256="0" * 64, dest=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
+
+
+def test_zip_bombs_are_refused(package, tmp_path, private_tmp, monkeypatch):
+    import brainbarriers.models as models
+
+    folder, _ = package
+    many = _zip(folder, tmp_path / "many.zip",
+                [(f"pkg/docs/{n}.txt", b"x") for n in range(models.MAX_ZIP_FILES)])
+    with pytest.raises(InputError, match="holds 1003 files; a model package holds at most 1000"):
+        install_package(many, dest=tmp_path / "models")
+    monkeypatch.setattr(models, "MAX_ZIP_BYTES", 16 << 20)
+    big = _zip(folder, tmp_path / "big.zip", [("pkg/docs/zeros.bin", bytes(20 << 20))])
+    assert big.stat().st_size < 8 << 20  # small on disk, over the limit once expanded
+    with pytest.raises(InputError, match="expands to"):
+        install_package(big, dest=tmp_path / "models")
+    assert not list(private_tmp.rglob("*.txt")) and not list(private_tmp.rglob("*.bin"))
+    assert not (tmp_path / "models").exists()
+
+
+def test_installs_leave_no_extraction_behind(package, tmp_path, private_tmp):
+    folder, _ = package
+    data = bytearray((folder / "fold1.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (folder / "fold1.safetensors").write_bytes(bytes(data))
+    bad = _zip(folder, tmp_path / "bad.zip")
+    with pytest.raises(InputError, match="checksum mismatch"):
+        install_package(bad, dest=tmp_path / "models")
+    assert not list(private_tmp.rglob("*.safetensors"))
+    assert not list((tmp_path / "models").rglob("*.safetensors"))
+
+
+def test_installed_package_follows_the_umask(package, tmp_path, private_tmp):
+    import os
+    import stat
+
+    folder, _ = package
+    old = os.umask(0o022)
+    try:
+        pkg = install_package(_zip(folder, tmp_path / "p.zip"), dest=tmp_path / "models")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(pkg.path.stat().st_mode) == 0o755
+    assert not list(private_tmp.rglob("*.safetensors"))  # the extraction was removed

@@ -21,8 +21,10 @@ API
     ``<key>.safetensors`` per key, fills ``manifest["weights"]`` with file names and sha256, writes
     ``manifest.json`` last (atomically), so a half-written package never verifies.
 ``load_package(path_or_name, verify=True) -> ModelPackage``
-    A folder, a ``.zip`` (extracted to a cache folder keyed by its sha256) or the name of an installed
-    or shipped package (``name`` or ``name@version``). Verifies checksums unless asked not to.
+    A folder, a ``.zip`` (extracted to this user's cache folder keyed by its sha256, and checked
+    against the zip on every use; at most ``MAX_ZIP_FILES`` files and ``MAX_ZIP_BYTES``) or the
+    name of an installed or shipped package (``name`` or ``name@version``). Verifies checksums
+    unless asked not to.
 ``verify_package(path_or_name) -> ModelPackage``
     Raises ``InputError`` naming the package and the problem: no manifest, a malformed manifest, a
     missing weights file, a wrong sha256.
@@ -38,9 +40,10 @@ API
     ``user_models_dir()`` is the first writable one (where ``install`` puts packages).
 ``list_packages(task=None) -> list[ModelPackage]`` (not verified; ``verify_package`` for that).
 ``install_package(path_or_url, sha256=None, dest=None) -> ModelPackage``
-    Copies a verified folder/zip into the user models folder under ``<name>-<version>``. A URL is
-    downloaded only when this is called, and then the download's sha256 must match ``sha256`` if
-    given, and the package's manifest checksums always.
+    Copies a verified folder/zip into the user models folder under ``<name>-<version>`` (name and
+    version must be plain folder names: every path a package names stays inside its folder). A URL
+    is downloaded only when this is called, and then the download's sha256 must match ``sha256``
+    if given, and the package's manifest checksums always. ``sha256`` with a folder is refused.
 ``register_architecture(name, factory)``
     Adds a network constructor (``factory(**params) -> nn.Module``). Built-in names are imported
     lazily; a manifest can also name ``"factory": "brainbarriers.<module>:<callable>"`` (only inside
@@ -56,15 +59,17 @@ import importlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from ..errors import InputError
-from ..io import atomic_path, sha256_file
+from ..io import atomic_path, folder_mode, inside, sha256_file
 
 FORMAT = "brainbarriers-model/1"
 MANIFEST = "manifest.json"
@@ -245,9 +250,20 @@ def _read_manifest(folder: Path) -> dict:
     missing = [f for f in REQUIRED_FIELDS if f not in manifest]
     if missing:
         raise InputError(path, f"lacks the field(s) {', '.join(missing)}")
-    if not manifest["weights"]:
+    if not manifest["weights"] or not isinstance(manifest["weights"], dict):
         raise InputError(path, "lists no weights files")
+    for field in ("name", "version"):  # they name the folder a package is installed in
+        _folder_name(manifest[field], field, path)
     return manifest
+
+
+def _folder_name(value: object, field: str, where: Path) -> str:
+    """A manifest value that becomes one folder name: no separators, no '..', no hidden name."""
+    text = str(value)
+    if not text or text.startswith(".") or any(c in text for c in "/\\:\0"):
+        raise InputError(where, f"{field} {text!r} cannot name a folder (no '/', '\\', ':', "
+                         "leading '.' or '..')")
+    return text
 
 
 def _package_folders(root: Path) -> list[Path]:
@@ -303,34 +319,93 @@ def _find_by_name(name: str) -> Path:
     return next(f for f, v in candidates if v == best)
 
 
+# A model package is a few files of at most a few hundred MB (HD-BET's five folds: 330 MB).
+MAX_ZIP_FILES = 1000
+MAX_ZIP_BYTES = 4 << 30
+
+
+def _zip_cache_root() -> Path:
+    """This user's private folder of extracted zips (in /tmp another user could plant one)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    root = Path(tempfile.gettempdir()) / f"brainbarriers-models-{uid}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != uid):
+        raise InputError(root, "is not this user's folder: refusing to extract model zips there")
+    return root
+
+
+def _zip_members(path: Path, z: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """The zip's files, refusing names outside the package and zip bombs (sizes are the ones the
+    zip declares; zipfile stops reading a member at its declared size and checks its CRC)."""
+    members = [i for i in z.infolist() if not i.is_dir()]
+    if len(members) > MAX_ZIP_FILES:
+        raise InputError(path, f"holds {len(members)} files; a model package holds at most "
+                         f"{MAX_ZIP_FILES}")
+    total = sum(i.file_size for i in members)
+    if total > MAX_ZIP_BYTES:
+        raise InputError(path, f"expands to {total / 2**30:.1f} GiB; a model package is at most "
+                         f"{MAX_ZIP_BYTES / 2**30:.0f} GiB")
+    for i in members:  # zip slip
+        name = Path(i.filename)
+        if name.is_absolute() or ".." in name.parts or "\\" in i.filename:
+            raise InputError(path, f"zip member {i.filename!r} escapes the package folder")
+    return members
+
+
+def _same_as_zip(z: zipfile.ZipFile, members: list[zipfile.ZipInfo], folder: Path) -> bool:
+    """``folder`` holds exactly the zip's files, byte for byte (checked on every use: the
+    extraction is only a cache of the zip, which alone was checked)."""
+    found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+    if found != {i.filename for i in members}:
+        return False
+    for i in members:
+        f = folder / i.filename
+        if f.is_symlink() or f.stat().st_size != i.file_size:
+            return False
+        with z.open(i) as packed, open(f, "rb") as unpacked:
+            while chunk := packed.read(1 << 20):
+                if unpacked.read(len(chunk)) != chunk:
+                    return False
+    return True
+
+
+def _cache_of(zip_path: Path) -> Path:
+    return _zip_cache_root() / sha256_file(zip_path)[:32]  # content-addressed
+
+
 def _extract_zip(path: Path) -> Path:
-    digest = sha256_file(path)[:16]
-    cache = Path(tempfile.gettempdir()) / "brainbarriers-models" / digest
-    if (cache / MANIFEST).is_file():
-        return cache
+    """The zip's files in this user's cache (``<cache>/<sha256 of the zip>``), checked against
+    the zip; extracted again when they differ."""
+    cache = _cache_of(path)
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-            for n in names:  # refuse absolute or parent paths (zip slip)
-                if n.startswith("/") or ".." in Path(n).parts:
-                    raise InputError(path, f"zip member {n!r} escapes the package folder")
-            tmp = Path(tempfile.mkdtemp(dir=cache.parent if cache.parent.exists()
-                                        else _mk(cache.parent)))
-            z.extractall(tmp)
-    except zipfile.BadZipFile as e:
+            members = _zip_members(path, z)
+            if cache.exists() and not _same_as_zip(z, members, cache):
+                shutil.rmtree(cache)  # altered, or half-written by a killed process
+            if not cache.exists():
+                tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=".extracting-"))
+                try:
+                    for i in members:
+                        z.extract(i, tmp)
+                    tmp.rename(cache)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise InputError(path, f"is not a valid zip file ({e})") from e
-    # A zip may hold the files at its root or inside one folder.
-    root = tmp if (tmp / MANIFEST).exists() else next(
-        (p for p in tmp.iterdir() if (p / MANIFEST).is_file()), tmp)
-    if cache.exists():
-        shutil.rmtree(cache)
-    root.rename(cache)
     return cache
 
 
-def _mk(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+def _package_in(folder: Path) -> Path:
+    """A zip may hold the package's files at its root or inside one folder."""
+    if (folder / MANIFEST).exists():
+        return folder
+    return next((p for p in folder.iterdir() if (p / MANIFEST).is_file()), folder)
+
+
+def _is_zip(path_or_name: str | Path) -> bool:
+    p = Path(path_or_name).expanduser()
+    return p.is_file() and p.suffix.lower() == ".zip"
 
 
 def resolve(path_or_name: str | Path) -> Path:
@@ -339,7 +414,7 @@ def resolve(path_or_name: str | Path) -> Path:
         return p
     if p.is_file():
         if p.suffix.lower() == ".zip":
-            return _extract_zip(p)
+            return _package_in(_extract_zip(p))
         if p.name == MANIFEST:
             return p.parent
         raise InputError(p, "is neither a model package folder nor a .zip of one")
@@ -350,14 +425,22 @@ def resolve(path_or_name: str | Path) -> Path:
 
 # ------------------------------------------------------------------------------ loading
 def verify_package(path_or_name: str | Path) -> ModelPackage:
-    folder = resolve(path_or_name)
+    if _is_zip(path_or_name):
+        cache = _extract_zip(Path(path_or_name).expanduser())
+        try:
+            return _verify_folder(_package_in(cache))
+        except BaseException:
+            shutil.rmtree(cache, ignore_errors=True)  # a refused package leaves no extraction
+            raise
+    return _verify_folder(resolve(path_or_name))
+
+
+def _verify_folder(folder: Path) -> ModelPackage:
     manifest = _read_manifest(folder)
     for key, entry in manifest["weights"].items():
         if not isinstance(entry, dict) or "file" not in entry or "sha256" not in entry:
             raise InputError(folder / MANIFEST, f"weights entry {key!r} needs 'file' and 'sha256'")
-        f = folder / entry["file"]
-        if Path(entry["file"]).is_absolute() or ".." in Path(entry["file"]).parts:
-            raise InputError(folder / MANIFEST, f"weights file {entry['file']!r} is outside the package")
+        f = inside(folder, entry["file"], folder / MANIFEST)
         if not f.is_file():
             raise InputError(f, f"is missing from model package {manifest['name']}")
         actual = sha256_file(f)
@@ -376,10 +459,10 @@ def load_package(path_or_name: str | Path, verify: bool = True) -> ModelPackage:
 
 
 # ------------------------------------------------------------------------------ installing
-def _download(url: str, sha256: str | None) -> Path:
+def _download(url: str, sha256: str | None, folder: Path) -> Path:
     import urllib.request
 
-    dest = Path(tempfile.mkdtemp()) / (Path(url.split("?")[0]).name or "package.zip")
+    dest = folder / (Path(url.split("?")[0]).name or "package.zip")
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
@@ -389,32 +472,57 @@ def _download(url: str, sha256: str | None) -> Path:
     except OSError as e:
         raise InputError(None, f"download of {url} failed ({e})") from e
     if sha256 and h.hexdigest() != sha256.lower():
-        dest.unlink()
         raise InputError(None, f"download of {url} has sha256 {h.hexdigest()}, expected {sha256}")
     return dest
 
 
 def install_package(path_or_url: str | Path, sha256: str | None = None,
                     dest: str | Path | None = None) -> ModelPackage:
+    """Copy a verified package into ``dest`` (the user models folder by default) as
+    ``<name>-<version>``; nothing is written outside it, and nothing is left elsewhere."""
     src = str(path_or_url)
     if src.startswith(("http://", "https://")):
-        path: Path = _download(src, sha256)
-    else:
-        path = Path(src).expanduser()
-        if sha256 and path.is_file() and sha256_file(path) != sha256.lower():
-            raise InputError(path, f"sha256 differs from the expected {sha256}")
+        download = Path(tempfile.mkdtemp(prefix="brainbarriers-download-"))
+        try:
+            return install_package(_download(src, sha256, download), dest=dest)
+        finally:
+            shutil.rmtree(download, ignore_errors=True)
+    path = Path(src).expanduser()
+    if sha256 and path.is_dir():
+        raise InputError(path, "--sha256 checks a zip or a download; a folder's files are "
+                         "checked against the sha256 in its manifest (zip it to pin it whole)")
+    if sha256 and path.is_file() and sha256_file(path) != sha256.lower():
+        raise InputError(path, f"sha256 differs from the expected {sha256}")
     pkg = verify_package(path)
-    root = Path(dest) if dest else user_models_dir()
-    target = root / f"{pkg.name}-{pkg.version}"
+    try:
+        return _copy_package(pkg, Path(dest).expanduser() if dest else user_models_dir())
+    finally:
+        if _is_zip(path):  # the extraction was only needed to copy from
+            shutil.rmtree(_cache_of(path), ignore_errors=True)
+
+
+def _copy_package(pkg: ModelPackage, root: Path) -> ModelPackage:
+    target = inside(root, f"{pkg.name}-{pkg.version}", pkg.path / MANIFEST)
+    files = []
+    for folder, _, names in os.walk(pkg.path):  # links to folders are not followed
+        for name in names:
+            rel = (Path(folder) / name).relative_to(pkg.path)
+            inside(pkg.path, rel, pkg.path)  # a link to a file outside the package is refused
+            files.append(rel)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".installing-"))
-    files = [MANIFEST] + [e["file"] for e in pkg.manifest["weights"].values()]
-    files += [str(p.relative_to(pkg.path)) for p in pkg.path.rglob("*")
-              if p.is_file() and str(p.relative_to(pkg.path)) not in files]
-    for rel in files:
-        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(pkg.path / rel, tmp / rel)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    try:
+        for rel in files:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(pkg.path / rel, tmp / rel)
+        os.chmod(tmp, folder_mode())  # mkdtemp made it 0700
+        if target.exists():  # replace an earlier install of the same version
+            old = Path(tempfile.mkdtemp(dir=root, prefix=".replaced-"))
+            target.rename(old / "package")
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return verify_package(target)
