@@ -28,7 +28,8 @@ from brainbarriers.tumor.losses import RegionLoss
 from brainbarriers.tumor.preprocess import brain_box, normalise_stack, regions_from_labels
 
 SMALL = {"in_channels": 4, "out_channels": 3, "base": 8, "widths": [8, 16, 32, 64], "blocks": 1,
-         "ema_channels": 32, "ema_bases": 16, "ema_iters": 3}
+         "ema_channels": 32, "ema_bases": 16, "ema_iters": 3,
+         "sde_layout": "branch"}  # the lighter SDE reading this package was trained with
 SEQ = ["t1", "t1ce", "t2", "flair"]
 
 

@@ -229,59 +229,132 @@ def test_refine_by_supervoxels(small_case_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------ training
-def _write_brats(root, seed, release):
+NAMES = {"2018": ("Brats18_TEST_{}_1", "_"), "2021": ("BraTS2021_{:05d}", "_"),
+         "2023": ("BraTS-GLI-{:05d}-000", "-")}
+SUFFIX = {"_": {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair", "seg": "seg"},
+          "-": {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}}
+
+
+def _write_brats(root, seed, release, transform=None):
+    """A phantom case written with a BraTS release's names; ``transform(volume) -> volume`` changes
+    its grid (same anatomy in world space)."""
     case = make_case(seed, zoom=4, radius_mm=20.0, edema_mm=8.0)
-    names = {"2021": ("BraTS2021_{:05d}", {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2",
-                                          "flair": "_flair", "seg": "_seg"}),
-             "2023": ("BraTS-GLI-{:05d}-000", {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w",
-                                               "flair": "-t2f", "seg": "-seg"})}
-    stem, suffix = names[release]
+    stem, sep = NAMES[release]
     case_id = stem.format(seed)
     folder = root / case_id
     folder.mkdir(parents=True)
     mask = case.truths["brain_mask"].array > 0
-    for s in SEQ:
-        v = case.sequences[s]
-        save_volume(v.with_array((v.array * mask).astype(np.float32)), folder / f"{case_id}{suffix[s]}.nii.gz")
     seg = case.truths["tumor"].array
     if release == "2023":
         seg = np.where(seg == 4, 3, seg)
-    save_volume(case.truths["tumor"].with_array(seg.astype(np.uint8)),
-                folder / f"{case_id}{suffix['seg']}.nii.gz", np.uint8)
+    vols = {s: case.sequences[s].with_array((case.sequences[s].array * mask).astype(np.float32))
+            for s in SEQ}
+    vols["seg"] = case.truths["tumor"].with_array(seg.astype(np.uint8))
+    for key, v in vols.items():
+        v = transform(v) if transform else v
+        save_volume(v, folder / f"{case_id}{sep}{SUFFIX[sep][key]}.nii.gz",
+                    np.uint8 if key == "seg" else None)
     return case_id
 
 
-def test_train_two_iterations_and_resume(tmp_path, capsys):
-    from brainbarriers.tumor.train import find_cases, kfold
+def _flip_permute(v):
+    """The same volume on a grid with axes permuted and flipped (world positions unchanged)."""
+    from brainbarriers.volume import Volume
+
+    a = np.flip(np.transpose(v.array, (2, 0, 1)), axis=1)
+    aff = v.affine.copy()
+    aff[:3, :3] = v.affine[:3, [2, 0, 1]]
+    aff[:3, 1] = -aff[:3, 1]
+    aff[:3, 3] = v.affine[:3, 3] + v.affine[:3, 0] * (v.shape[0] - 1)
+    return Volume(np.ascontiguousarray(a), aff)
+
+
+def test_find_cases_reads_the_2018_2021_and_2023_names_in_several_folders(tmp_path):
+    from brainbarriers.tumor.train import find_cases
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    ids = {_write_brats(a, 21, "2018"), _write_brats(a, 22, "2021"), _write_brats(b, 23, "2023")}
+    cases = find_cases([a, b])
+    assert {c["id"] for c in cases} == ids
+    assert {c["id"]: c["release"] for c in cases}["BraTS-GLI-00023-000"] == "2023"
+    with pytest.raises(InputError, match="more than one --data folder"):
+        find_cases([a, a])
+
+
+def test_cases_on_other_grids_and_label_conventions_give_the_same_training_arrays(tmp_path):
+    from brainbarriers.tumor.train import find_cases, load_case
+
+    _write_brats(tmp_path / "a", 31, "2021")
+    _write_brats(tmp_path / "b", 31, "2023", transform=_flip_permute)  # labels 1/2/3, other grid
+    first, second = (load_case(c, spacing=4.0) for c in find_cases([tmp_path / "a", tmp_path / "b"]))
+    assert first["image"].shape == second["image"].shape
+    np.testing.assert_allclose(first["image"], second["image"], atol=1e-5)
+    np.testing.assert_array_equal(first["label"], second["label"])
+    assert first["label"][2].sum() > 0  # enhancing tumour (4 here, 3 there) is in the ET channel
+    # At a coarser voxel size the regions become soft targets, still in [0, 1] and nested.
+    coarse = load_case(find_cases(tmp_path / "a")[0], spacing=6.0)["label"]
+    assert coarse.min() >= 0 and coarse.max() <= 1 and np.any((coarse > 0) & (coarse < 1))
+    assert np.all(coarse[0] >= coarse[1] - 1e-6) and np.all(coarse[1] >= coarse[2] - 1e-6)
+
+
+def test_configurations_and_schedule():
+    import argparse
+
+    from brainbarriers.tumor.train import add_arguments, lr_factor, resolve_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    paper = resolve_config(parser.parse_args(["--data", "d", "--out", "o"]), n_train=1000)
+    # HNF-Netv2 paper: 128^3 crops, batch 4, Adam 1e-3, weight decay 1e-5, 250 epochs, 5 warm-up.
+    assert (paper["patch"], paper["batch_size"], paper["lr"], paper["weight_decay"]) == \
+        ([128, 128, 128], 4, 1e-3, 1e-5)
+    assert paper["iterations"] == 250 * 250 and paper["warmup_iterations"] == 5 * 250
+    assert paper["loss"] == "gdl+bce" and paper["net"]["base"] == 32 and paper["spacing"] == 1.0
+    cr = resolve_config(parser.parse_args(["--data", "d", "--out", "o", "--arch", "conresnet"]), 10)
+    assert (cr["patch"], cr["batch_size"], cr["lr"], cr["weight_decay"]) == \
+        ([160, 160, 80], 2, 1e-4, 5e-4)
+    cpu = resolve_config(parser.parse_args(["--data", "d", "--out", "o", "--config", "cpu",
+                                            "--iterations", "7", "--base", "8"]), 12)
+    assert cpu["iterations"] == 7 and cpu["net"]["widths"] == [8, 16, 32, 64] and "note" in cpu
+    # Linear warm-up to the full rate, then polynomial decay to zero.
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(9, 10, 100) == 1.0
+    assert lr_factor(55, 10, 100) == pytest.approx(0.5 ** 0.9) and lr_factor(100, 10, 100) == 0.0
+
+
+def test_train_resume_gives_the_uninterrupted_run_and_a_package_with_validation(tmp_path, capsys):
+    from brainbarriers.tumor.train import kfold
 
     data = tmp_path / "brats"
-    ids = {_write_brats(data, 21, "2021"), _write_brats(data, 22, "2023")}
-    cases = find_cases(data)
-    assert {c["id"] for c in cases} == ids and {c["release"] for c in cases} == {"2021", "2023"}
+    _write_brats(data, 21, "2021")
+    _write_brats(data, 22, "2023")
     tr, val = kfold(10, 5, 0)
     assert len(val) == 2 and not set(tr) & set(val)
     assert sorted(sum((kfold(10, 5, k)[1] for k in range(5)), [])) == list(range(10))
-    out = tmp_path / "run"
-    args = ["train", "tumor", "--data", str(data), "--out", str(out), "--base", "4",
-            "--patch", "32", "32", "32", "--batch-size", "1", "--save-every", "1",
-            "--device", "cpu", "--fold", "0", "--folds", "2"]
-    assert cli(args + ["--iterations", "2"]) == 0
-    log = [json.loads(line) for line in (out / "checkpoints" / "fold0" / "log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in log] == [1, 2]
-    assert all(np.isfinite(r["loss"]) for r in log)
-    first = load_package(out / "package")
-    assert first.weight_keys == ["fold0"] and first.manifest["training"]["folds"][0]["iteration"] == 2
-    assert cli(args + ["--iterations", "3"]) == 0
+    args = ["train", "tumor", "--data", str(data), "--base", "4", "--patch", "32", "32", "32",
+            "--spacing", "4", "--batch-size", "1", "--save-every", "1", "--device", "cpu",
+            "--fold", "0", "--folds", "2", "--threads", "1", "--no-tta-validation"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli(args + ["--out", str(straight), "--iterations", "3"]) == 0
+    assert cli(args + ["--out", str(resumed), "--iterations", "2"]) == 0
+    assert cli(args + ["--out", str(resumed), "--iterations", "3"]) == 0
     assert "resumed" in capsys.readouterr().out
-    log = [json.loads(line) for line in (out / "checkpoints" / "fold0" / "log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in log] == [1, 2, 3]
-    pkg = load_package(out / "package")
-    assert pkg.manifest["training"]["folds"][0]["iteration"] == 3
-    net = pkg.build_network()
+    log = [json.loads(line) for line in (resumed / "checkpoints" / "fold0" / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
+    a, b = load_package(straight / "package"), load_package(resumed / "package")
+    for k, t in a.state_dict().items():
+        assert torch.equal(t, b.state_dict()[k]), k
+    m = b.manifest
+    assert m["training"]["folds"][0]["iteration"] == 3
+    assert {c["id"] for c in m["training"]["cases"]} == {"BraTS2021_00021", "BraTS-GLI-00022-000"}
+    assert m["training"]["configuration"]["loss"] == "gdl+bce" and m["spacing_mm"] == [4.0] * 3
+    (vid,) = m["training"]["folds"][0]["val_cases"]
+    assert set(m["validation"]["cases"][vid]) >= {"WT", "TC", "ET"}
+    assert 0.0 <= m["validation"]["mean"]["WT"]["dice"] <= 1.0
+    net = b.build_network()
     assert net(torch.zeros(1, 4, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
     # ConResNet trains through the same loop (its deep-supervised context-residual loss).
-    assert cli(args[:-4] + ["--arch", "conresnet", "--out", str(tmp_path / "cr"), "--iterations", "1",
-                            "--base", "8", "--fold", "0", "--folds", "2"]) == 0
+    assert cli(args + ["--arch", "conresnet", "--out", str(tmp_path / "cr"), "--iterations", "1",
+                       "--base", "8", "--patch", "32", "32", "16"]) == 0
     assert load_package(tmp_path / "cr" / "package").manifest["architecture"]["name"] == "conresnet"
 
 

@@ -1,7 +1,9 @@
 """Tumour inference with a model package: normalise, crop, sliding window, TTA, ensemble, labels.
 
-1. the package's input sequences are resampled to its ``spacing_mm`` when it records one (the demo
-   model is trained at 2 mm; BraTS models at 1 mm), the brain mask with nearest neighbour;
+1. the package's input sequences are brought to the canonical (RAS) orientation of the brain mask's
+   grid, as in training (``work_grid``), and resampled to the package's ``spacing_mm`` when it
+   records one (the CPU models are trained at 2 mm, the paper's at 1 mm), the brain mask with
+   nearest neighbour;
 2. each sequence is clipped to its [0.5, 99.5] percentiles inside the brain and z-scored there
    (``normalisation.kind`` "brain-zscore"), or, for MONAI bundles, z-scored over its non-zero voxels
    (``"nonzero-zscore"``, MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``);
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..geometry import resample_to
+from ..geometry import canonical_grid, reorient_to, resample_to, to_canonical
 from ..models import ModelPackage
 from ..volume import Grid, Volume
 from .preprocess import brain_box, labels_from_regions, normalise
@@ -88,6 +90,25 @@ def grid_with_spacing(grid: Grid, spacing: Sequence[float]) -> Grid:
     return Grid(shape, affine)
 
 
+def work_grid(grid: Grid, spacing: Sequence[float] | None = None) -> Grid:
+    """The grid a network works on: ``grid`` in canonical (RAS) orientation, at ``spacing`` mm."""
+    canon = canonical_grid(grid)
+    if spacing is None or np.allclose(canon.spacing, spacing, rtol=0.02):
+        return canon
+    return grid_with_spacing(canon, spacing)
+
+
+def onto(volume: Volume, grid: Grid, label: bool = False) -> Volume:
+    """``volume`` on ``grid``: exact when they differ only by axis order and flips, else resampled."""
+    if volume.grid.same_as(grid):
+        return volume
+    if canonical_grid(volume.grid).same_as(grid):
+        return to_canonical(volume)
+    if canonical_grid(grid).same_as(canonical_grid(volume.grid)):
+        return reorient_to(volume, grid)
+    return resample_to(volume, grid, label=label)
+
+
 def relabel_small_et(labels: np.ndarray, voxel_ml: float, small_et_ml: float) -> np.ndarray:
     """Enhancing tumour (4) whose total volume is below ``small_et_ml`` becomes necrosis (1)."""
     et = labels == 4
@@ -127,12 +148,9 @@ def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPack
             raise InputError(images[name].source or None,
                              f"{name} is not on the brain mask's grid ({images[name].grid.describe()}"
                              f" vs {ref.grid.describe()})")
-    work_grid = ref.grid
-    spacing = m.get("spacing_mm")
-    if spacing is not None and not np.allclose(ref.spacing, spacing, rtol=0.02):
-        work_grid = grid_with_spacing(ref.grid, spacing)
-    seqs = [resample_to(images[s], work_grid) for s in package.inputs]
-    mask = resample_to(brain_mask, work_grid, label=True)
+    grid = work_grid(ref.grid, m.get("spacing_mm"))
+    seqs = [onto(images[s], grid) for s in package.inputs]
+    mask = onto(brain_mask, grid, label=True)
     if not (mask.array > 0).any():
         raise InputError(brain_mask.source or None, "the brain mask is empty")
     norm = m.get("normalisation", {})
@@ -150,8 +168,7 @@ def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPack
         full[0] = 1.0  # background outside the box
     full[(slice(None),) + box] = prob
     # Back to the input grid: probabilities (linear), then decisions.
-    if not work_grid.same_as(ref.grid):
-        full = np.stack([resample_to(Volume(c, work_grid.affine), ref.grid).array for c in full])
+    full = np.stack([onto(Volume(c, grid.affine), ref.grid).array for c in full])
     brain = ref.array > 0
     if head == "regions":
         ch = {name: full[i] > 0.5 for i, name in enumerate(out["channels"])}

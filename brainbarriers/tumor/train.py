@@ -1,30 +1,43 @@
-"""``brainbarriers train tumor --data DIR --out OUT``: train tumour models into a model package.
+"""``brainbarriers train tumor --data DIR [DIR ...] --out OUT``: train tumour models into a package.
 
-- Data: BraTS-layout case folders under DIR (any depth), 2021 naming
-  ``BraTS2021_XXXXX_{t1,t1ce,t2,flair,seg}.nii.gz`` or 2023 naming
-  ``BraTS-GLI-XXXXX-XXX-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (2023's label 3 = enhancing is read as 4).
-- Splits: ``--folds`` (5) folds of a seeded permutation; ``--fold`` trains one fold or ``all``.
+- Data: BraTS case folders under each DIR (any depth), with the BraTS 2018-2021 file names
+  ``<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (``Brats18_2013_20_1_t1.nii.gz``,
+  ``BraTS2021_00000_t1.nii.gz``) or the 2023 names ``<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz``. Labels:
+  1 necrotic core, 2 oedema, enhancing tumour 4 (2018-2021) or 3 (2023: always with 2023 names, and
+  in any case whose map holds 3 but no 4).
+- Geometry: each case is brought to the canonical (RAS) orientation of its T1ce grid and to the
+  configuration's voxel size (``spacing_mm``) in world space, exactly as inference does
+  (``tumor.inference.work_grid``), so cases on different grids and orientations train together.
+  Label regions (WT/TC/ET) are resampled linearly: soft targets at a coarser voxel size.
 - Pre-processing as at inference (``tumor.preprocess``): each sequence clipped to its [0.5, 99.5]
-  percentiles and z-scored inside the brain (non-zero voxels of the skull-stripped BraTS images),
-  cropped to the brain's box. MONAI transforms: foreground-biased random crops
-  (``RandCropByPosNegLabeld``), padding, flips on the three axes, small rotations, intensity scaling
-  and shifts.
-- Networks: ``--arch hnfnetv2`` (default), ``conresnet`` (with its context-residual deep
-  supervision) or ``segresnet``; ``--base`` sets the width. Heads: ``--head regions`` (WT/TC/ET
-  sigmoid, Dice + BCE) or ``labels`` (softmax over 0/1/2/4, Dice + CE).
-- Adam(W), linear warm-up then polynomial decay; AMP on CUDA (``--no-amp`` to switch off);
-  checkpoints every ``--save-every`` iterations in ``OUT/checkpoints/fold<k>/last.pt``; a rerun with
-  the same OUT resumes from there (``--restart`` to ignore them).
+  percentiles and z-scored inside the brain, cropped to the brain's box.
+- Configurations (``--config``): ``paper`` is the network's own paper, exactly (HNF-Netv2: full width,
+  128^3 crops at 1 mm, batch 4, Adam 1e-3, weight decay 1e-5, 250 epochs with a 5-epoch linear
+  warm-up and polynomial decay, generalised Dice + BCE; ConResNet: Adam 1e-4, weight decay 5e-4,
+  batch 2, 80x160x160 crops, polynomial decay); ``cpu`` is a narrower, coarser configuration that
+  trains on 2 CPU cores in about two hours and says so in its manifest. Any option given on the
+  command line overrides the configuration's value.
+- Augmentation (HNF-Netv2 paper): foreground-biased random crops, flips on the three axes, rotations
+  up to 10 degrees, per-channel intensity shift (+-0.1) and scale (x 0.9-1.1).
+- Reproducible and resumable: every iteration's samples are drawn from generators seeded by
+  (seed, fold, iteration), so a run resumed from a checkpoint (every ``--save-every`` iterations,
+  ``OUT/checkpoints/fold<k>/last.pt``) continues exactly as an uninterrupted one; ``--restart``
+  ignores checkpoints. ``OUT/checkpoints/fold<k>/log.jsonl`` logs every iteration's loss and the
+  periodic validation Dice (``--val-every``).
 - Several GPUs: ``torchrun --nproc_per_node=N -m brainbarriers.cli.main train tumor ...``; with
   ``WORLD_SIZE > 1`` the model is wrapped in DistributedDataParallel and each rank samples its own
   share of the cases; rank 0 writes checkpoints and the package.
-- Result: the model package ``OUT/package`` with one weights file per trained fold.
+- Result: the model package ``OUT/package`` with one weights file per trained fold; its manifest
+  holds the cases used, the configuration, iterations, wall time and the validation figures per
+  case and region (the held-out cases of each fold, segmented by the package as the tumour step
+  does, with test-time flips), with the licence and the data's terms.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import time
@@ -40,9 +53,56 @@ NAMING = {
 }
 SEQUENCES = ["t1", "t1ce", "t2", "flair"]
 
+# Training configurations. ``paper``: the paper's settings; ``cpu``: what 2 CPU cores train in hours.
+CONFIGS: dict[str, dict[str, dict]] = {
+    "hnfnetv2": {
+        "paper": {"net": {"base": 32, "widths": [32, 64, 128, 256], "blocks": 2,
+                          "ema_channels": 256, "ema_bases": 64},
+                  "spacing": 1.0, "patch": [128, 128, 128], "batch_size": 4, "epochs": 250,
+                  "warmup_epochs": 5, "lr": 1e-3, "weight_decay": 1e-5, "loss": "gdl+bce",
+                  "val_every": 0},
+        "cpu": {"net": {"base": 16, "widths": [16, 32, 64, 128], "blocks": 1,
+                        "ema_channels": 128, "ema_bases": 32},
+                "spacing": 2.0, "patch": [64, 64, 64], "batch_size": 2, "iterations": 1000,
+                "warmup_epochs": 5, "lr": 1e-3, "weight_decay": 1e-5, "loss": "gdl+bce",
+                "val_every": 200,
+                "note": "CPU configuration: half the paper's width at every scale, one residual "
+                        "block per branch, EMA 128 channels / 32 bases, 2 mm voxels, 64^3 crops "
+                        "(128 mm), batch 2, 1000 iterations; the paper: full width, 1 mm, 128^3 "
+                        "crops, batch 4, 250 epochs of about 1000 cases"},
+    },
+    "conresnet": {
+        # The paper does not give its number of iterations T; 40,000 is our choice.
+        "paper": {"net": {"base": 32}, "spacing": 1.0, "patch": [160, 160, 80], "batch_size": 2,
+                  "iterations": 40000, "warmup_epochs": 0, "lr": 1e-4, "weight_decay": 5e-4,
+                  "loss": "conres", "val_every": 0},
+        "cpu": {"net": {"base": 8}, "spacing": 2.0, "patch": [80, 80, 48], "batch_size": 2,
+                "iterations": 1600, "warmup_epochs": 0, "lr": 1e-4 * 4, "weight_decay": 5e-4,
+                "loss": "conres", "val_every": 200,
+                "note": "CPU configuration: base width 8 (paper 32), 2 mm voxels, 80x80x48 crops "
+                        "(the paper's 80x160x160 at 1 mm covers 160x160x80 mm; ours 160x160x96 mm), "
+                        "learning rate x4 for the 25x fewer iterations"},
+    },
+    "segresnet": {
+        "paper": {"net": {"base": 32}, "spacing": 1.0, "patch": [128, 128, 128], "batch_size": 2,
+                  "iterations": 20000, "warmup_epochs": 5, "lr": 1e-4, "weight_decay": 1e-5,
+                  "loss": "dice+bce", "val_every": 0},
+        "cpu": {"net": {"base": 8}, "spacing": 2.0, "patch": [64, 64, 64], "batch_size": 2,
+                "iterations": 1600, "warmup_epochs": 5, "lr": 1e-3, "weight_decay": 1e-5,
+                "loss": "dice+bce", "val_every": 200, "note": "CPU configuration: width 8, 2 mm"},
+    },
+}
 
-def find_cases(data: str | Path, need_seg: bool = True) -> list[dict]:
-    """BraTS case folders under ``data``: [{"id", "t1", "t1ce", "t2", "flair", "seg"}]."""
+
+def find_cases(data: str | Path | list, need_seg: bool = True) -> list[dict]:
+    """BraTS cases under one or several folders: [{"id", "release", "t1", ..., "seg"}]."""
+    if isinstance(data, (list, tuple)):
+        cases = [c for d in data for c in find_cases(d, need_seg)]
+        ids = [c["id"] for c in cases]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise InputError(None, f"case id(s) {dup} found in more than one --data folder")
+        return cases
     data = Path(data)
     if not data.is_dir():
         raise InputError(data, "is not a folder of BraTS cases")
@@ -65,8 +125,9 @@ def find_cases(data: str | Path, need_seg: bool = True) -> list[dict]:
                 cases.append({"id": case_id, "release": release,
                               **{k: str(files[k]) for k in wanted}})
     if not cases:
-        raise InputError(data, "holds no BraTS cases (expected e.g. BraTS2021_00000_flair.nii.gz "
-                         "or BraTS-GLI-00000-000-t2f.nii.gz with their t1/t1ce/t2/seg files)")
+        raise InputError(data, "holds no BraTS cases (expected e.g. Brats18_2013_2_1_flair.nii.gz, "
+                         "BraTS2021_00000_flair.nii.gz or BraTS-GLI-00000-000-t2f.nii.gz with their "
+                         "t1/t1ce/t2/seg files)")
     return cases
 
 
@@ -79,55 +140,82 @@ def kfold(n: int, folds: int, fold: int, seed: int = 0) -> tuple[list[int], list
     return train, val
 
 
-def load_case(case: dict, head: str = "regions") -> dict:
-    """Normalised, cropped image (4 x ...) and target (3 region channels or 1 label channel)."""
-    from ..geometry import to_canonical
+def brats_labels(seg: np.ndarray, release: str) -> np.ndarray:
+    """Labels 0/1/2/4 from a 2018-2021 map or a 2023 map (enhancing 3 -> 4)."""
+    seg = np.asarray(seg).astype(np.uint8)
+    if release == "2023" or (np.any(seg == 3) and not np.any(seg == 4)):
+        seg = np.where(seg == 3, 4, seg).astype(np.uint8)
+    return seg
+
+
+def load_case_volumes(case: dict) -> tuple[dict, object, object]:
+    """The case's sequences and labels on its T1ce grid: ({seq: Volume}, brain mask, labels 0/1/2/4)."""
+    from ..geometry import resample_to
     from ..io import load_volume
+
+    vols = {s: load_volume(case[s]) for s in SEQUENCES}
+    ref = vols["t1ce"]
+    vols = {s: resample_to(v, ref.grid) for s, v in vols.items()}
+    seg = resample_to(load_volume(case["seg"], allow_empty=True), ref.grid, label=True)
+    labels = ref.with_array(brats_labels(seg.array, case.get("release", "2021")))
+    mask = ref.with_array(np.any([v.array != 0 for v in vols.values()], axis=0).astype(np.uint8))
+    return vols, mask, labels
+
+
+def load_case(case: dict, head: str = "regions", spacing: float | None = None) -> dict:
+    """Normalised, cropped image (4 x ...) and target (3 region channels or 1 label channel) on the
+    canonical grid at ``spacing`` mm, as inference prepares its input."""
+    from ..volume import Volume
+    from .inference import onto, work_grid
     from .preprocess import brain_box, normalise_stack, regions_from_labels
 
-    vols = [to_canonical(load_volume(case[s])) for s in SEQUENCES]
-    ref = vols[0]
-    for s, v in zip(SEQUENCES, vols):
-        if v.shape != ref.shape:
-            raise InputError(case[s], f"has shape {v.shape}, other sequences {ref.shape}")
-    mask = np.any([v.array != 0 for v in vols], axis=0)
-    image = normalise_stack([v.array for v in vols], mask)
-    seg = to_canonical(load_volume(case["seg"], allow_empty=True)).array.astype(np.uint8)
+    vols, mask, labels = load_case_volumes(case)
+    grid = work_grid(mask.grid, None if spacing is None else [spacing] * 3)
+    mask = onto(mask, grid, label=True).array > 0
+    image = normalise_stack([onto(vols[s], grid).array for s in SEQUENCES], mask)
     if head == "regions":
-        target = regions_from_labels(seg)
+        regions = regions_from_labels(labels.array)
+        target = np.stack([np.clip(onto(Volume(r, labels.affine), grid).array, 0, 1)
+                           for r in regions]).astype(np.float32)
     else:
-        seg = np.where(seg == 3, 4, seg) if not np.any(seg == 4) else seg
-        target = np.select([seg == 1, seg == 2, seg == 4], [1, 2, 3], 0)[None].astype(np.float32)
-    box = (slice(None),) + brain_box(mask)
-    return {"image": image[box], "label": target[box], "id": case["id"]}
+        lab = onto(labels, grid, label=True).array
+        target = np.select([lab == 1, lab == 2, lab == 4], [1, 2, 3], 0)[None].astype(np.float32)
+    box = (slice(None),) + brain_box(mask, margin=4)
+    return {"image": np.ascontiguousarray(image[box]), "label": np.ascontiguousarray(target[box]),
+            "id": case["id"]}
 
 
 def transforms(patch: tuple[int, int, int], head: str):
+    """The HNF-Netv2 paper's online augmentation (see the module docstring)."""
     from monai import transforms as T
 
     keys = ["image", "label"]
-    fg = "label"
+    label_mode = "bilinear" if head == "regions" else "nearest"  # soft region targets stay soft
     return T.Compose([
         T.SpatialPadd(keys, spatial_size=patch),
-        T.RandCropByPosNegLabeld(keys, label_key=fg, spatial_size=patch, pos=2, neg=1,
+        T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=2, neg=1,
                                  num_samples=1, image_key="image", image_threshold=-1e9),
         T.RandFlipd(keys, prob=0.5, spatial_axis=0),
         T.RandFlipd(keys, prob=0.5, spatial_axis=1),
         T.RandFlipd(keys, prob=0.5, spatial_axis=2),
         T.RandRotated(keys, range_x=0.17, range_y=0.17, range_z=0.17, prob=0.2,
-                      mode=("bilinear", "nearest"), padding_mode="zeros"),
-        T.RandScaleIntensityd("image", factors=0.1, prob=1.0),
-        T.RandShiftIntensityd("image", offsets=0.1, prob=1.0),
+                      mode=("bilinear", label_mode), padding_mode="zeros"),
+        T.RandScaleIntensityd("image", factors=0.1, prob=1.0, channel_wise=True),
+        T.RandShiftIntensityd("image", offsets=0.1, prob=1.0, channel_wise=True),
         T.EnsureTyped(keys, dtype=np.float32, track_meta=False),
     ])
 
 
-def build_net(arch: str, base: int, head: str) -> tuple[object, dict]:
+def build_net(arch: str, net: dict, head: str) -> tuple[object, dict]:
     out = 3 if head == "regions" else 4
+    base = int(net["base"])
     if arch == "hnfnetv2":
-        params = {"in_channels": 4, "out_channels": out, "base": base,
-                  "widths": [base, base * 2, base * 4, base * 8], "blocks": 2 if base >= 16 else 1,
-                  "ema_channels": base * 8, "ema_bases": 64 if base >= 16 else 16}
+        widths = list(net.get("widths", [base, base * 2, base * 4, base * 8]))
+        params = {"in_channels": 4, "out_channels": out, "base": base, "widths": widths,
+                  "blocks": int(net.get("blocks", 2 if base >= 16 else 1)),
+                  "ema_channels": int(net.get("ema_channels", widths[-1])),
+                  "ema_bases": int(net.get("ema_bases", 64 if base >= 32 else 32)),
+                  "sde_layout": "paper"}
     elif arch == "conresnet":
         params = {"in_channels": 4, "out_channels": out, "base": base}
     elif arch == "segresnet":
@@ -141,45 +229,107 @@ def build_net(arch: str, base: int, head: str) -> tuple[object, dict]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="folder of BraTS 2021/2023 case folders")
+    p.add_argument("--data", required=True, nargs="+", action="extend",
+                   help="folder(s) of BraTS 2018/2021/2023 case folders")
     p.add_argument("--out", required=True, help="output folder (checkpoints/, package/)")
-    p.add_argument("--arch", default="hnfnetv2", choices=["hnfnetv2", "conresnet", "segresnet"])
-    p.add_argument("--base", type=int, default=32, help="network width (channels at full scale)")
+    p.add_argument("--arch", default="hnfnetv2", choices=sorted(CONFIGS))
+    p.add_argument("--config", default="paper", choices=["paper", "cpu"],
+                   help="the paper's training (default) or the CPU configuration; options below "
+                        "override single values")
+    p.add_argument("--base", type=int, default=None, help="network width (channels at full scale)")
     p.add_argument("--head", default="regions", choices=["regions", "labels"])
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--fold", default="0", help="fold index or 'all'")
-    p.add_argument("--iterations", type=int, default=20000, help="iterations per fold")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128])
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default 2%%)")
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs (one epoch = each training case sampled once)")
+    p.add_argument("--iterations", type=int, default=None, help="iterations per fold (or --epochs)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--patch", type=int, nargs=3, default=None)
+    p.add_argument("--spacing", type=float, default=None, help="voxel size in mm for training")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--val-every", type=int, default=None,
+                   help="validation Dice on the held-out cases every N iterations (0: at the end only)")
+    p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default=None, help="package name (default tumor-<arch>)")
+    p.add_argument("--name", default=None, help="package name (default tumor-<arch>-<config>)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-tta-validation", action="store_true",
+                   help="final validation without test-time flips (faster)")
 
 
-class _Cycle:
-    """An endless shuffled stream of augmented samples from the cached, pre-processed cases."""
+def resolve_config(args: argparse.Namespace, n_train: int) -> dict:
+    """The configuration's values with the command line's overrides; iterations from epochs."""
+    cfg = json.loads(json.dumps(CONFIGS[args.arch][args.config]))
+    cfg["name"] = args.config
+    if args.base is not None:
+        b = args.base
+        cfg["net"] = {"base": b} if args.arch != "hnfnetv2" else {
+            **cfg["net"], "base": b, "widths": [b, b * 2, b * 4, b * 8], "ema_channels": b * 8}
+    for key in ("batch_size", "patch", "spacing", "lr", "weight_decay", "warmup_epochs", "val_every"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    cfg["iterations_per_epoch"] = math.ceil(n_train / cfg["batch_size"])
+    if args.iterations is not None:
+        cfg["iterations"] = args.iterations
+        cfg.pop("epochs", None)
+    elif args.epochs is not None:
+        cfg["epochs"] = args.epochs
+        cfg.pop("iterations", None)
+    if "iterations" not in cfg:
+        cfg["iterations"] = cfg["epochs"] * cfg["iterations_per_epoch"]
+    cfg["warmup_iterations"] = int(round(cfg["warmup_epochs"] * cfg["iterations_per_epoch"]))
+    return cfg
 
-    def __init__(self, data: list[dict], tf, rank: int, world: int, seed: int):
-        self.data = data[rank::world] or data
-        self.tf = tf
-        self.rng = np.random.default_rng(seed + rank)
-        self.tf.set_random_state(seed=seed + rank)
 
-    def next(self):
-        d = self.data[int(self.rng.integers(len(self.data)))]
-        out = self.tf({"image": d["image"], "label": d["label"]})
-        return out[0] if isinstance(out, list) else out
+def lr_factor(it: int, warmup: int, total: int) -> float:
+    """Linear warm-up over ``warmup`` iterations, then (1 - t/T)^0.9 over the rest."""
+    if it < warmup:
+        return (it + 1) / warmup
+    return max(0.0, 1 - (it - warmup) / max(1, total - warmup)) ** 0.9
 
 
-def train_fold(args, cases: list[dict], fold: int, device: str, rank: int, world: int) -> dict:
+def sample_batch(data: list[dict], tf, size: int, seed: int, fold: int, it: int, rank: int) -> list:
+    """The augmented samples of iteration ``it``: a pure function of (seed, fold, rank, it)."""
+    rng = np.random.default_rng([seed, fold, rank, it])
+    tf.set_random_state(seed=int(rng.integers(2**31)))
+    out = []
+    for _ in range(size):
+        d = data[int(rng.integers(len(data)))]
+        s = tf({"image": d["image"], "label": d["label"]})
+        out.append(s[0] if isinstance(s, list) else s)
+    return out
+
+
+def quick_dice(net, cases: list[dict], patch, head: str, device: str) -> dict:
+    """Mean Dice per region of the held-out cases at the training voxel size (no flips)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from .inference import _forward
+
+    net.eval()
+    scores = {"WT": [], "TC": [], "ET": []}
+    with torch.inference_mode():
+        for c in cases:
+            x = torch.from_numpy(c["image"])[None].to(device)
+            logits = sliding_window_inference(x, tuple(patch), 4, lambda t: _forward(net, t),
+                                              overlap=0.25, mode="gaussian")
+            pred = (torch.sigmoid(logits)[0] > 0.5).cpu().numpy()
+            for i, r in enumerate(("WT", "TC", "ET")):
+                t = c["label"][i] > 0.5
+                denom = pred[i].sum() + t.sum()
+                scores[r].append(1.0 if denom == 0 else 2 * (pred[i] & t).sum() / denom)
+    net.train()
+    return {r: round(float(np.mean(v)), 4) for r, v in scores.items()}
+
+
+def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank: int,
+               world: int) -> dict:
     import torch
 
     from .losses import ConResLoss, LabelLoss, RegionLoss
@@ -188,48 +338,53 @@ def train_fold(args, cases: list[dict], fold: int, device: str, rank: int, world
     ckpt_dir = out / "checkpoints" / f"fold{fold}"
     ckpt = ckpt_dir / "last.pt"
     tr, val = kfold(len(cases), args.folds, fold, args.seed)
-    data = [load_case(cases[i], args.head) for i in tr]
-    patch = tuple(int(p) for p in args.patch)
-    stream = _Cycle(data, transforms(patch, args.head), rank, world, args.seed + fold)
+    t_load = time.time()
+    data = [load_case(cases[i], args.head, cfg["spacing"]) for i in tr]
+    data = data[rank::world] or data
+    val_data = ([load_case(cases[i], args.head, cfg["spacing"]) for i in val]
+                if cfg["val_every"] and args.head == "regions" and rank == 0 else [])
+    if rank == 0:
+        print(f"fold {fold}: {len(tr)} training, {len(val)} validation cases loaded in "
+              f"{time.time() - t_load:.0f} s", flush=True)
+    patch = tuple(int(p) for p in cfg["patch"])
+    tf = transforms(patch, args.head)
     torch.manual_seed(args.seed + fold)
-    net, params = build_net(args.arch, args.base, args.head)
+    net, params = build_net(args.arch, cfg["net"], args.head)
     net.to(device)
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
-    if args.arch == "conresnet" and args.head == "regions":
+    if cfg["loss"] == "conres" and args.head == "regions":
         loss_fn = ConResLoss()
+    elif args.head == "regions":
+        loss_fn = RegionLoss(generalised=cfg["loss"] == "gdl+bce")
     else:
-        loss_fn = RegionLoss() if args.head == "regions" else LabelLoss()
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    warmup = args.warmup if args.warmup is not None else max(1, args.iterations // 50)
-
-    def lr_at(it: int) -> float:  # linear warm-up, then the polynomial (0.9) decay
-        if it < warmup:
-            return (it + 1) / warmup
-        return (1 - (it - warmup) / max(1, args.iterations - warmup)) ** 0.9
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        loss_fn = LabelLoss()
+    # Adam with L2 weight decay (both papers), betas (0.9, 0.999).
+    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.999),
+                           weight_decay=cfg["weight_decay"])
+    total, warmup = cfg["iterations"], cfg["warmup_iterations"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, warmup, total))
     use_amp = device.startswith("cuda") and not args.no_amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start = 0
+    start, wall = 0, 0.0
     if ckpt.is_file() and not args.restart:
         state = torch.load(ckpt, map_location=device, weights_only=True)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        start = int(state["iteration"])
+        start, wall = int(state["iteration"]), float(state.get("wall_s", 0.0))
         if rank == 0:
             print(f"fold {fold}: resumed from {ckpt} at iteration {start}", flush=True)
     log = ckpt_dir / "log.jsonl"
     net.train()
-    t0 = time.time()
+    t0 = time.time() - wall
     it = start
-    for it in range(start + 1, args.iterations + 1):
-        batch = [stream.next() for _ in range(args.batch_size)]
+    for it in range(start + 1, total + 1):
+        batch = sample_batch(data, tf, cfg["batch_size"], args.seed, fold, it, rank)
         x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device)
         y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device)
         with torch.autocast("cuda", enabled=use_amp):
@@ -240,21 +395,57 @@ def train_fold(args, cases: list[dict], fold: int, device: str, rank: int, world
         scaler.step(opt)
         scaler.update()
         sched.step()
-        if rank == 0:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            with open(log, "a") as f:
-                f.write(json.dumps({"iteration": it, "loss": round(loss.item(), 5),
-                                    "lr": sched.get_last_lr()[0], "s": round(time.time() - t0, 2)}) + "\n")
-            if it % args.save_every == 0 or it == args.iterations:
-                from ..io import atomic_path
+        if rank != 0:
+            continue
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        entry = {"iteration": it, "loss": round(loss.item(), 5), "lr": sched.get_last_lr()[0],
+                 "s": round(time.time() - t0, 2)}
+        if val_data and cfg["val_every"] and (it % cfg["val_every"] == 0 or it == total):
+            entry["val_dice"] = quick_dice(net, val_data, patch, args.head, device)
+        with open(log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if it % 20 == 0 or "val_dice" in entry:
+            rate = (time.time() - t0) / it
+            print(f"fold {fold} iteration {it}/{total} loss {entry['loss']:.4f} "
+                  f"{rate:.2f} s/it, {(total - it) * rate / 60:.0f} min left"
+                  + (f" val Dice {entry['val_dice']}" if "val_dice" in entry else ""), flush=True)
+        if it % args.save_every == 0 or it == total:
+            from ..io import atomic_path
 
-                with atomic_path(ckpt) as tmp:
-                    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                                "iteration": it}, tmp)
-    return {"fold": fold, "iteration": it, "train_cases": [cases[i]["id"] for i in tr],
+            with atomic_path(ckpt) as tmp:
+                torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                            "iteration": it, "wall_s": time.time() - t0}, tmp)
+    return {"fold": fold, "iteration": it, "wall_s": round(time.time() - t0, 1),
+            "train_cases": [cases[i]["id"] for i in tr],
             "val_cases": [cases[i]["id"] for i in val], "state_dict": net.state_dict(),
             "params": params}
+
+
+def validate(package_path: Path, cases: list[dict], results: list[dict], tta: bool,
+             device: str) -> dict:
+    """Each fold's held-out cases segmented by that fold's network as the tumour step does:
+    {"cases": {id: {"fold", "ET": {"dice", "hd95"}, ...}}, "mean": {...}}."""
+    from ..metrics import brats_scores
+    from ..models import load_package
+    from .inference import segment
+
+    package = load_package(package_path)
+    by_id = {c["id"]: c for c in cases}
+    per_case = {}
+    for r in results:
+        net = package.build_network(f"fold{r['fold']}", device)
+        for cid in r["val_cases"]:
+            vols, mask, labels = load_case_volumes(by_id[cid])
+            t = time.time()
+            pred = segment(vols, mask, package, tta=tta, device=device, nets=[net])
+            per_case[cid] = {"fold": r["fold"], **brats_scores(pred, labels),
+                             "seconds": round(time.time() - t, 1)}
+            print(f"validation {cid}: " + ", ".join(
+                f"{k} {per_case[cid][k]['dice']:.3f}" for k in ("WT", "TC", "ET")), flush=True)
+    mean = {k: {m: round(float(np.mean([c[k][m] for c in per_case.values()])), 4)
+                for m in ("dice", "hd95")} for k in ("WT", "TC", "ET")}
+    return {"cases": per_case, "mean": mean, "tta": tta}
 
 
 def main(args: argparse.Namespace) -> int:
@@ -278,29 +469,46 @@ def main(args: argparse.Namespace) -> int:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     cases = find_cases(args.data)
     folds = range(min(args.folds, len(cases))) if args.fold == "all" else [int(args.fold)]
-    results = [train_fold(args, cases, k, device, rank, world) for k in folds]
+    n_train = len(kfold(len(cases), args.folds, 0, args.seed)[0])
+    cfg = resolve_config(args, n_train)
+    if rank == 0:
+        print(f"{len(cases)} cases; configuration {args.arch}/{args.config}: "
+              + json.dumps({k: v for k, v in cfg.items() if k != "note"}), flush=True)
+    results = [train_fold(args, cfg, cases, k, device, rank, world) for k in folds]
     if rank == 0:
         manifest = {
-            "name": args.name or f"tumor-{args.arch}", "version": time.strftime("%Y.%m.%d"),
+            "name": args.name or f"tumor-{args.arch}-{args.config}",
+            "version": time.strftime("%Y.%m.%d"),
             "task": "tumor",
-            "description": f"{args.arch} trained by `brainbarriers train tumor` on {len(cases)} "
-                           f"cases from {args.data}",
-            "licence": "as the training data's licence allows",
+            "description": f"{args.arch} ({args.config} configuration) trained by `brainbarriers "
+                           f"train tumor` on {len(cases)} cases",
+            "licence": "weights: Apache-2.0, as the code; see data_terms for the training data",
+            "data_terms": "as the training data's terms allow",
             "architecture": {"name": args.arch, "params": results[0]["params"]},
             "inputs": SEQUENCES,
             "normalisation": {"kind": "brain-zscore", "clip_percentiles": [0.5, 99.5]},
-            "spacing_mm": [1.0, 1.0, 1.0],
-            "patch_size": [int(p) for p in args.patch],
+            "spacing_mm": [float(cfg["spacing"])] * 3,
+            "patch_size": [int(p) for p in cfg["patch"]],
             "output": ({"type": "regions", "channels": ["WT", "TC", "ET"]} if args.head == "regions"
                        else {"type": "labels", "label_map": {"0": 0, "1": 1, "2": 2, "3": 4}}),
             "postprocess": {"small_et_ml": 0.2},
-            "training": {"folds": [{k: r[k] for k in ("fold", "iteration", "train_cases", "val_cases")}
-                                   for r in results],
-                         "iterations": args.iterations, "batch_size": args.batch_size,
-                         "lr": args.lr, "world_size": world, "head": args.head},
+            "training": {
+                "data": [str(d) for d in args.data],
+                "cases": [{"id": c["id"], "release": c["release"]} for c in cases],
+                "folds": [{k: r[k] for k in ("fold", "iteration", "wall_s", "train_cases",
+                                             "val_cases")} for r in results],
+                "configuration": cfg, "head": args.head, "seed": args.seed,
+                "world_size": world, "device": device,
+                "torch": torch.__version__,
+            },
         }
-        pkg = write_package(Path(args.out) / "package", manifest,
-                            {f"fold{r['fold']}": r["state_dict"] for r in results})
+        pkg_dir = Path(args.out) / "package"
+        pkg = write_package(pkg_dir, manifest, {f"fold{r['fold']}": r["state_dict"] for r in results})
+        if args.head == "regions":
+            manifest["validation"] = validate(pkg, cases, results, not args.no_tta_validation,
+                                              device)
+            write_package(pkg_dir, manifest,
+                          {f"fold{r['fold']}": r["state_dict"] for r in results})
         print(f"model package written to {pkg}", flush=True)
     if world > 1:
         import torch.distributed as dist
