@@ -1,20 +1,24 @@
 """Tumour inference per 240 x 240 x 155 case: time and peak memory, with and without TTA.
 
-The case: the shipped 1 mm demo case (SRI24 anatomy on the BraTS grid with a synthetic glioma),
-skull-stripped with its truth brain mask. Every configuration runs ``tumor.inference.segment`` (the
-code the pipeline's ``tumor`` step runs: normalisation, brain box, sliding window with Gaussian
-blending, TTA, label conversion, resampling to and from the model's spacing) in its own process;
-peak memory is that process's peak resident set (``ru_maxrss``) minus its resident set just before
-``segment`` runs (the model loaded). Configurations:
+The case: a real BraTS 2018 case (``--case``, a folder with ``*_{t1,t1ce,t2,flair,seg}.nii.gz``;
+default: the first held-out case of the default model), or the shipped 1 mm demo case
+(``--case demo``: SRI24 anatomy on the BraTS grid with a synthetic glioma). Every configuration runs
+``tumor.inference.segment`` (the code the pipeline's ``tumor`` step runs: normalisation, brain box,
+sliding window with Gaussian blending, TTA, label conversion, resampling to and from the model's
+spacing) in its own process; peak memory is that process's peak resident set (``ru_maxrss``) minus
+its resident set just before ``segment`` runs (the model loaded). Configurations:
 
-- ``demo``: the shipped demo package (small HNF-Netv2, 2 mm), its Dice WT on the demo case printed;
+- ``default``: the tumour step's default package (HNF-Netv2 trained on real BraTS cases, 2 mm);
+- ``phantom``: the phantom-trained demo package (small HNF-Netv2, 2 mm);
 - ``segresnet``: MONAI's SegResNet with the brats_mri_segmentation bundle's architecture
   (init_filters 16, blocks 1-2-2-4; random weights: the figure is the cost, not the accuracy), 1 mm,
   the bundle's 240 x 240 x 160 window and its channel order/normalisation - the peer;
-- ``hnfnetv2-paper``: the paper-sized HNF-Netv2 (16.7 M parameters, random weights) at 1 mm with
+- ``hnfnetv2-paper``: the paper-sized HNF-Netv2 (17.7 M parameters, random weights) at 1 mm with
   128^3 windows (slow on CPU: opt in with ``--configs``).
 
-    python bench/bench_tumor.py --threads 2 --configs demo,segresnet --tta both
+Dice (WT, TC, ET) is printed for the trained packages.
+
+    python bench/bench_tumor.py --threads 2 --configs default,phantom,segresnet --tta both
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ SEQ = ("t1", "t1ce", "t2", "flair")
 def _package(config: str, tmp: Path):
     from brainbarriers.models import load_package, write_package
 
-    if config == "demo":
+    if config == "default":
+        from brainbarriers.tumor.step import DEFAULT_MODEL
+
+        return load_package(DEFAULT_MODEL)
+    if config == "phantom":
         return load_package("demo-hnfnetv2-phantom")
     if config == "segresnet":
         from monai.networks.nets import SegResNet
@@ -62,22 +70,43 @@ def _package(config: str, tmp: Path):
     raise SystemExit(f"unknown config {config}")
 
 
-def run_one(config: str, tta: bool, threads: int) -> dict:
+def _default_case() -> str:
+    """The first held-out case of the default model, if the shared data is beside the project."""
+    from brainbarriers.models import load_package
+    from brainbarriers.tumor.step import DEFAULT_MODEL
+
+    val = load_package(DEFAULT_MODEL).manifest.get("training", {}).get("folds", [{}])[0]
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats18"
+    for cid in val.get("val_cases", []):
+        if (root / cid).is_dir():
+            return str(root / cid)
+    return "demo"
+
+
+def _load_case(case: str):
+    from brainbarriers.demo import demo_case_folder
+    from brainbarriers.io import load_volume
+    from brainbarriers.tumor.train import find_cases, load_case_volumes
+
+    if case == "demo":
+        folder = demo_case_folder()
+        mask = load_volume(folder / "brain_mask_truth.nii.gz")
+        images = {}
+        for s in SEQ:
+            v = load_volume(folder / f"{s}.nii.gz")
+            images[s] = v.with_array(v.array * (mask.array > 0))
+        return images, mask, load_volume(folder / "tumor_truth.nii.gz")
+    return load_case_volumes(find_cases(case)[0])
+
+
+def run_one(config: str, tta: bool, threads: int, case: str) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from brainbarriers.demo import demo_case_folder
-    from brainbarriers.io import load_volume
-    from brainbarriers.metrics import dice
+    from brainbarriers.metrics import brats_scores
     from brainbarriers.tumor.inference import segment
 
-    folder = demo_case_folder()
-    mask = load_volume(folder / "brain_mask_truth.nii.gz")
-    truth = load_volume(folder / "tumor_truth.nii.gz")
-    images = {}
-    for s in SEQ:
-        v = load_volume(folder / f"{s}.nii.gz")
-        images[s] = v.with_array(v.array * (mask.array > 0))
+    images, mask, truth = _load_case(case)
     with tempfile.TemporaryDirectory() as tmp:
         pkg = _package(config, Path(tmp))
         nets = pkg.networks("cpu")
@@ -90,22 +119,26 @@ def run_one(config: str, tta: bool, threads: int) -> dict:
         pred = segment(images, mask, pkg, tta=tta, nets=nets)
         seconds = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"config": config, "tta": tta, "threads": threads, "shape": list(mask.shape),
-            "seconds": round(seconds, 1),
+    trained = config in ("default", "phantom")
+    scores = brats_scores(pred, truth) if trained else None
+    return {"config": config, "tta": tta, "threads": threads, "case": Path(case).name,
+            "shape": list(mask.shape), "seconds": round(seconds, 1),
             "peak_mb_above_start": round((max(peak, before) - rss0) / 1024, 0),
             "peak_rss_mb": round(peak / 1024, 0),
-            "dice_wt": round(dice(pred.array > 0, truth.array > 0), 4) if config == "demo" else None}
+            "dice": {k: v["dice"] for k, v in scores.items()} if scores else None}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="demo,segresnet")
+    ap.add_argument("--configs", default="default,phantom,segresnet")
+    ap.add_argument("--case", default=None, help="BraTS case folder, or 'demo'")
     ap.add_argument("--tta", default="both", choices=["on", "off", "both"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "TTA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    case = args.case or _default_case()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1] == "on", args.threads)))
+        print(json.dumps(run_one(args.one[0], args.one[1] == "on", args.threads, case)))
         return 0
     ttas = {"on": ["on"], "off": ["off"], "both": ["off", "on"]}[args.tta]
     results = []
@@ -113,17 +146,21 @@ def main() -> int:
         for tta in ttas:
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
-                                   "--one", config, tta], capture_output=True, text=True, env=env)
+                                   "--case", case, "--one", config, tta],
+                                  capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(proc.stderr[-2000:], file=sys.stderr)
                 return proc.returncode
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results.append(r)
             print(json.dumps(r), flush=True)
-    print(f"\n{'config':<16}{'TTA':>5}{'time (s)':>10}{'peak MB':>10}{'Dice WT':>9}")
+    print(f"\ncase {Path(case).name} {results[0]['shape']}, {args.threads} threads")
+    print(f"{'config':<16}{'TTA':>5}{'time (s)':>10}{'peak MB':>10}{'Dice WT/TC/ET':>20}")
     for r in results:
+        d = r["dice"]
+        dice = "" if d is None else f"{d['WT']:.3f}/{d['TC']:.3f}/{d['ET']:.3f}"
         print(f"{r['config']:<16}{'on' if r['tta'] else 'off':>5}{r['seconds']:>10}"
-              f"{r['peak_mb_above_start']:>10}{'' if r['dice_wt'] is None else r['dice_wt']:>9}")
+              f"{r['peak_mb_above_start']:>10}{dice:>20}")
     return 0
 
 

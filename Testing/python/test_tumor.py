@@ -26,6 +26,7 @@ from brainbarriers.tumor.inference import (
     grid_with_spacing,
     predict_array,
     relabel_small_et,
+    remove_small_components,
     segment,
 )
 from brainbarriers.tumor.preprocess import labels_from_regions, normalise, regions_from_labels
@@ -99,6 +100,43 @@ def test_tta_flips_back_and_ensemble_averages():
     assert len(calls) == 8
 
 
+def test_small_components_other_than_the_largest_are_removed():
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[2:12, 2:12, 2:12] = 2  # 1 ml, the main tumour
+    labels[5:8, 5:8, 5:8] = 4
+    labels[20:22, 20:22, 20:22] = 2  # 8 voxels: a speck far away
+    labels[25:29, 2:6, 2:6] = 1  # 64 voxels
+    out = remove_small_components(labels, 0.001, 0.05)
+    assert out[20:22, 20:22, 20:22].sum() == 0 and np.all(out[25:29, 2:6, 2:6] == 1)
+    assert np.array_equal(out[:15, :15, :15], labels[:15, :15, :15])
+    assert np.array_equal(remove_small_components(labels, 0.001, 0.0), labels)
+    # The largest component stays even when it is below the threshold.
+    assert remove_small_components(labels, 0.001, 10.0)[5, 5, 5] == 4
+
+
+def test_a_case_without_tumour_gives_an_empty_map_and_a_warning(small_case_dir, tmp_path):
+    from brainbarriers.models import write_package
+    from brainbarriers.nets.hnfnet import HNFNetv2
+
+    params = dict(in_channels=4, out_channels=3, base=4, widths=[4, 8, 8, 16], blocks=1,
+                  ema_channels=8, ema_bases=4)
+    net = HNFNetv2(**params)
+    with torch.no_grad():  # a network that never sees tumour
+        net.head.weight.zero_()
+        net.head.bias.fill_(-10.0)
+    pkg = write_package(tmp_path / "none", {
+        "name": "never-tumour", "version": "1", "task": "tumor",
+        "architecture": {"name": "hnfnetv2", "params": params}, "inputs": list(SEQ),
+        "spacing_mm": [4.0, 4.0, 4.0], "patch_size": [32, 32, 32],
+        "output": {"type": "regions", "channels": ["WT", "TC", "ET"]}}, net.state_dict())
+    run = PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in SEQ}, tmp_path / "o",
+                      [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), STEP],
+                      device="cpu", options={"tumor": {"tta": False, "model": str(pkg)}})
+    outputs = run.run()
+    assert not load_volume(outputs["tumor"], allow_empty=True).array.any()
+    assert any("found no tumour" in w["message"] for w in run.warnings)
+
+
 def test_grid_with_spacing_keeps_the_field_of_view():
     grid = Grid((240, 240, 155), np.diag([-1.0, -1.0, 1.0, 1.0]))
     g2 = grid_with_spacing(grid, (2.0, 2.0, 2.0))
@@ -127,7 +165,8 @@ def tumor_run(small_case_dir, tmp_path_factory):
     inputs = {s: small_case_dir / f"{s}.nii.gz" for s in SEQ}
     events = []
     run = PipelineRun(inputs, out, [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"),
-                                    STEP], device="cpu", options={"tumor": {"tta": "false"}},
+                                    STEP], device="cpu",
+                      options={"tumor": {"tta": "false", "model": "demo-hnfnetv2-phantom"}},
                       on_event=events.append)
     return out, run.run(), events, run
 
@@ -215,7 +254,8 @@ def test_refine_by_supervoxels(small_case_dir, tmp_path):
     inputs = {s: small_case_dir / f"{s}.nii.gz" for s in SEQ}
     run = PipelineRun(inputs, tmp_path / "o", [
         standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), standin_supervoxels(), STEP],
-        device="cpu", options={"tumor": {"tta": False, "refine_supervoxels": True}})
+        device="cpu", options={"tumor": {"tta": False, "refine_supervoxels": True,
+                                         "model": "demo-hnfnetv2-phantom"}})
     run.run()
     tumor = run.get("tumor").array > 0
     blocks = run.get("supervoxels_merged").array

@@ -7,6 +7,8 @@ Options (``--set tumor.KEY=VALUE``):
 - ``tta`` (true): test-time augmentation with the 7 flips plus the identity;
 - ``small_et_ml`` (the package's value, else 0.2): an enhancing region below this volume becomes
   necrosis;
+- ``min_component_ml`` (the package's value, else 0): tumour components smaller than this, other
+  than the largest, are removed;
 - ``overlap`` (0.5): sliding-window overlap;
 - ``refine_supervoxels`` (false): snap the labels to the merged supervoxels
   (``brainbarriers.supervoxels.snap.snap_to_supervoxels``), when that product exists;
@@ -45,9 +47,11 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     images = {s: ctx.get(PRODUCT_OF[s]) for s in package.inputs}
     ctx.progress(0.0, f"tumour segmentation with {package.name} {package.version} on {ctx.device}")
     small = opts.get("small_et_ml")
+    min_comp = opts.get("min_component_ml")
     tta = option_flag(opts.get("tta", True), "tumor", "tta")
     labels = segment(images, ctx.get("brain_mask"), package, tta=tta,
                      device=ctx.device, small_et_ml=None if small is None else float(small),
+                     min_component_ml=None if min_comp is None else float(min_comp),
                      overlap=float(opts.get("overlap", 0.5)),
                      progress=lambda f, m: ctx.progress(0.95 * f, m))
     if option_flag(opts.get("refine_supervoxels", False), "tumor", "refine_supervoxels"):
@@ -60,6 +64,9 @@ def run(ctx: StepContext) -> dict[str, Volume]:
         else:
             ctx.warn("refine_supervoxels was asked for, but no supervoxels_merged product exists; "
                      "labels left unrefined")
+    if not labels.array.any():
+        ctx.warn(f"tumour model {package.name} found no tumour: the tumour label map is empty "
+                 "(check the inputs, or delineate by hand)")
     if "demo" in package.name:
         ctx.warn(f"tumour model {package.name} is a demo model trained on synthetic phantoms; "
                  "clinical use needs weights trained on real data")
