@@ -4,6 +4,8 @@ barrier-respecting CTV from brain MRI, as editable segmentations.
 The numerical work runs in a separate process (``PythonSlicer -m brainbarriers.worker``); this
 module exports the inputs, follows the worker's progress without blocking the GUI, and imports the
 results into the scene. Console and batch use: ``BrainBarriersLogic().run(...)``.
+
+Slicer 5.10 or later: older releases bundle Python 3.9, which the core cannot run on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import slicer
 import vtk  # noqa: F401 - Slicer modules conventionally have it at hand
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -31,6 +34,17 @@ STEPS = ("skullstrip", "supervoxels", "tumor", "barriers", "ctv")
 MODEL_STEPS = ("skullstrip", "tumor", "barriers")  # steps with a choice of trained model
 DEVICES = ("auto", "cpu", "cuda")
 TERMINOLOGY_FILE = "BrainBarriers.term.json"
+MINIMUM_SLICER_VERSION = (5, 10)  # also checked in the top CMakeLists.txt
+# Heavier self-test checks (the whole pipeline on CPU, minutes) only when this is set to 1.
+FULL_SELF_TEST_VARIABLE = "BRAINBARRIERS_FULL_SELF_TEST"
+# The demo case shipped with the core (brainbarriers/data/demo), offered in the Sample Data module.
+DEMO_SEQUENCES = ("t1", "t1ce", "t2", "flair")
+DEMO_SHA256 = {
+    "t1": "52e9a5b3d84da8d4be5d71e203cd3541222be93620e221db4b2e14aa4e23a56d",
+    "t1ce": "3c478fc981e367bd811aa602df99082096aaad0d75a68bd587a2712f2cf5b976",
+    "t2": "4869e14ec1c7c16bbc581555a96d8b3537a2404a4d69868ec5310492f04e5d18",
+    "flair": "6aaa90a18f38d35d5f9cd30d853d09253fde09a947bed5bf7fa862d1e612a01b",
+}
 
 
 def _resource(name: str) -> str:
@@ -44,7 +58,8 @@ class BrainBarriers(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Brain Barriers")
-        self.parent.categories = [_("Segmentation")]
+        # Slicer's module categories are translated in the application's own context.
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations", "Terminologies"]
         self.parent.contributors = ["SlicerBrainBarriers developers"]
         self.parent.helpText = _(
@@ -57,6 +72,53 @@ class BrainBarriers(ScriptedLoadableModule):
             "Methods: HMRNet for the barriers, SSLIC with variance-adaptive compactness for the "
             "supervoxels. See the project README for references.")
         slicer.app.connect("startupCompleted()", registerTerminology)
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def slicerVersionSupported() -> bool:
+    return (slicer.app.majorVersion, slicer.app.minorVersion) >= MINIMUM_SLICER_VERSION
+
+
+def coreFolder() -> str:
+    """Where the ``brainbarriers`` core is: beside the module when installed, two levels up in a
+    source checkout (as the worker finds it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (here, os.path.dirname(here)):
+        if os.path.isfile(os.path.join(candidate, "brainbarriers", "__init__.py")):
+            return candidate
+    return here
+
+
+def demoFolder() -> str:
+    return os.path.join(coreFolder(), "brainbarriers", "data", "demo")
+
+
+def sampleDataArguments() -> dict:
+    """The demo case as a Sample Data source: the files ship with the extension, so the URIs are
+    local (file://) and each copy into Slicer's cache is checked against its SHA-256."""
+    import pathlib
+
+    files = [os.path.join(demoFolder(), f"{s}.nii.gz") for s in DEMO_SEQUENCES]
+    return {
+        "category": "BrainBarriers",
+        "sampleName": "BrainBarriersDemo",
+        "sampleDescription": _("Brain tumour demo (T1, T1ce, T2, FLAIR)"),
+        "thumbnailFileName": _resource("Icons/BrainBarriersDemo.png"),
+        "uris": [pathlib.Path(f).as_uri() for f in files],
+        "fileNames": [f"BrainBarriersDemo-{s}.nii.gz" for s in DEMO_SEQUENCES],
+        "nodeNames": [f"BrainBarriersDemo-{s.upper()}" for s in DEMO_SEQUENCES],
+        "checksums": [f"SHA256:{DEMO_SHA256[s]}" for s in DEMO_SEQUENCES],
+        "loadFileType": "VolumeFile",
+    }
+
+
+def registerSampleData() -> None:
+    """Offer the demo case in the Sample Data module (one click for a new user)."""
+    try:
+        import SampleData
+    except ImportError:  # no Sample Data module (e.g. a custom application)
+        return
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**sampleDataArguments())
 
 
 def registerTerminology() -> None:
@@ -84,23 +146,19 @@ class BrainBarriersParameterNode:
     runTumor: bool = True
     runBarriers: bool = True
     runCtv: bool = True
-    skullstripModel: str = "default"
-    tumorModel: str = "default"
-    barriersModel: str = "default"
+    # The model chosen for a step: a value from modelChoices(step); "" is the step's default.
+    skullstripModel: str = ""
+    tumorModel: str = ""
+    barriersModel: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
 
 
-def availableModels(step: str) -> list[str]:
-    """Model names for a step: "default" first, then what the core's model registry lists."""
-    names = ["default"]
-    try:
-        import importlib
+def modelChoices(step: str) -> list[tuple[str, str]]:
+    """(label, value) of every model the core's registry offers for ``step``, its default first.
+    Raises ImportError while the core's Python packages are not installed."""
+    from brainbarriers.model_choices import model_choices
 
-        models = importlib.import_module("brainbarriers.models")
-        names += [n for n in models.list_models(step) if n != "default"]
-    except Exception:  # no registry yet, or it cannot be read: the default model only
-        pass
-    return names
+    return [(c.label, c.value) for c in model_choices(step)]
 
 
 #
@@ -113,6 +171,7 @@ class BrainBarriersWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._install = None  # the pip run in progress, if any
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -124,13 +183,16 @@ class BrainBarriersWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = BrainBarriersLogic()
         for step in MODEL_STEPS:
             combo = getattr(self.ui, f"{step}ModelComboBox")
-            combo.clear()
-            combo.addItems(availableModels(step))
-            combo.currentTextChanged.connect(lambda text, s=step: self._onModelChanged(s, text))
+            combo.connect("currentIndexChanged(int)", lambda _i, s=step: self._onModelChanged(s))
+        self._fillModelComboBoxes()
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(0)
         self.ui.statusLabel.setText(_("Select the input volumes, then Apply."))
         self.ui.cancelButton.enabled = False
+        if not slicerVersionSupported():
+            self.ui.statusLabel.setText(_("BrainBarriers needs Slicer {major}.{minor} or later.")
+                                        .format(major=MINIMUM_SLICER_VERSION[0],
+                                                minor=MINIMUM_SLICER_VERSION[1]))
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -138,6 +200,37 @@ class BrainBarriersWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         self.initializeParameterNode()
+
+    def _fillModelComboBoxes(self) -> None:
+        """Each model combo box lists the core registry's models for its step (item data: the
+        value sent to the step). Before the Python packages are installed the core cannot be
+        read: the box then holds the step's default only, and says why."""
+        for step in MODEL_STEPS:
+            combo = getattr(self.ui, f"{step}ModelComboBox")
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            try:
+                choices = modelChoices(step)
+                combo.toolTip = _("Trained model for the {step} step").format(step=step)
+            except ImportError:
+                choices = [(_("default"), "")]
+                combo.toolTip = _("Install the Python packages to choose among the models")
+            for label, value in choices:
+                combo.addItem(label, value)
+            combo.blockSignals(wasBlocked)
+        self._showModels()
+
+    def _showModels(self) -> None:
+        """Select each step's model from the parameter node (its default when not listed)."""
+        if not self._parameterNode:
+            return
+        for step in MODEL_STEPS:
+            combo = getattr(self.ui, f"{step}ModelComboBox")
+            index = max(combo.findData(getattr(self._parameterNode, f"{step}Model")), 0)
+            wasBlocked = combo.blockSignals(True)
+            combo.setCurrentIndex(index)
+            combo.blockSignals(wasBlocked)
+            setattr(self._parameterNode, f"{step}Model", combo.itemData(index) or "")
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -180,45 +273,83 @@ class BrainBarriersWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
                              self._checkCanApply)
-            for step in MODEL_STEPS:
-                combo = getattr(self.ui, f"{step}ModelComboBox")
-                index = combo.findText(getattr(self._parameterNode, f"{step}Model"))
-                combo.setCurrentIndex(max(index, 0))
+            self._showModels()
             self._checkCanApply()
 
-    def _onModelChanged(self, step: str, text: str) -> None:
-        if self._parameterNode and text:
-            setattr(self._parameterNode, f"{step}Model", text)
+    def _onModelChanged(self, step: str) -> None:
+        if self._parameterNode:
+            combo = getattr(self.ui, f"{step}ModelComboBox")
+            setattr(self._parameterNode, f"{step}Model", combo.currentData or "")
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        running = self.logic is not None and self.logic.isRunning()
+        busy = self._install is not None or (self.logic is not None and self.logic.isRunning())
         hasInput = bool(p) and any(getattr(p, s) for s in SEQUENCES)
         hasStep = bool(p) and any(getattr(p, "run" + s.capitalize()) for s in STEPS)
-        self.ui.applyButton.enabled = hasInput and hasStep and not running
-        self.ui.cancelButton.enabled = running
+        self.ui.applyButton.enabled = (hasInput and hasStep and not busy
+                                       and slicerVersionSupported())
+        self.ui.installButton.enabled = not busy
+        self.ui.cancelButton.enabled = self.logic is not None and self.logic.isRunning()
         self.ui.applyButton.toolTip = (_("Run the selected steps in the background") if hasInput
                                        else _("Select at least one input volume"))
 
-    def onInstallButton(self) -> None:
+    # ------------------------------------------------------------------ installing
+    def _startInstall(self, then=None) -> None:
+        """Install what is missing in the background; ``then()`` runs once it succeeded."""
         try:
-            if self.logic.installDependencies(askConfirmation=True):
-                self.ui.statusLabel.setText(_("Python packages are installed."))
-        except Exception as e:
+            run = self.logic.installDependencies(askConfirmation=True, waitForCompletion=False,
+                                                 onUpdate=lambda r: self._onInstallUpdate(r, then))
+        except Exception as e:  # torch could not be installed, or pip could not start
             slicer.util.errorDisplay(_("Installing the Python packages failed: ") + str(e))
+            return
+        if run is False:
+            self.ui.statusLabel.setText(_("Cancelled: the Python packages are needed."))
+        elif run is True:  # nothing (more) to install
+            self._installed(then)
+        else:
+            self._install = run
+            self.ui.progressBar.setRange(0, 0)  # busy: pip does not tell how far it is
+            self.ui.statusLabel.setText(_("Installing Python packages..."))
+            self._checkCanApply()
 
+    def _onInstallUpdate(self, run, then) -> None:
+        if run.lines:
+            self.ui.statusLabel.setText(run.lines[-1][:120])
+        if not run.finished:
+            return
+        self._install = None
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(0)
+        if run.returncode != 0:
+            self.ui.statusLabel.setText(_("Installing the Python packages failed."))
+            slicer.util.errorDisplay(
+                _("Installing the Python packages failed (pip exit code {code}). The details "
+                  "hold pip's log.").format(code=run.returncode), detailedText=run.log)
+        else:
+            self._installed(then)
+        self._checkCanApply()
+
+    def _installed(self, then) -> None:
+        self.ui.statusLabel.setText(_("Python packages are installed."))
+        self._fillModelComboBoxes()  # the core's model registry can be read now
+        if then is not None:
+            then()
+
+    def onInstallButton(self) -> None:
+        self._startInstall()
+
+    # ------------------------------------------------------------------ running
     def onApplyButton(self) -> None:
-        p = self._parameterNode
+        if self.logic.missingDependencies():
+            self._startInstall(then=self._startRun)
+        else:
+            self._startRun()
+
+    def _startRun(self) -> None:
+        self.ui.progressBar.setValue(0)
         try:
-            if self.logic.missingDependencies():
-                if not self.logic.installDependencies(askConfirmation=True):
-                    self.ui.statusLabel.setText(_("Cancelled: the Python packages are needed."))
-                    return
-            steps = [s for s in STEPS if getattr(p, "run" + s.capitalize())]
-            models = {s: getattr(p, f"{s}Model") for s in MODEL_STEPS if s in steps}
-            self.ui.progressBar.setValue(0)
-            self.logic.run(**{s: getattr(p, s) for s in SEQUENCES}, steps=steps, device=p.device,
-                           models=models, waitForCompletion=False, onUpdate=self._onJobUpdate)
+            self.logic.runFromParameterNode(self._parameterNode, waitForCompletion=False,
+                                            onUpdate=self._onJobUpdate)
         except Exception as e:
             slicer.util.errorDisplay(_("Could not start: ") + str(e))
         self._checkCanApply()
@@ -264,6 +395,7 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.job = None
         self._timer = None
+        self._installTimer = None
 
     def getParameterNode(self):
         return BrainBarriersParameterNode(super().getParameterNode())
@@ -277,24 +409,36 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
         from BrainBarriersLib import dependencies
 
         missing = dependencies.missing_requirements(self.requirementsFile())
-        if not dependencies.torch_available():
-            missing.append("torch")
+        if dependencies.torch_missing(self.requirementsFile()):
+            missing.append(dependencies.TORCH + dependencies.torch_requirement(
+                self.requirementsFile()))
         return missing
 
-    def installDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install the pinned requirements into Slicer's Python (and torch through the PyTorch
-        extension). Returns False when the user declines. Never called at import."""
-        from BrainBarriersLib import dependencies
+    def installDependencies(self, askConfirmation: bool = True, waitForCompletion: bool = True,
+                            onUpdate=None):
+        """Install what ``missingDependencies`` lists into Slicer's Python: torch through the
+        PyTorch extension, the rest with pip (wheels only, every installed package held at its
+        version, so nothing of Slicer's is replaced). Never called at import.
 
-        missing = dependencies.missing_requirements(self.requirementsFile())
-        needTorch = not dependencies.torch_available()
+        Returns True when nothing is (left) to install, False when the user declines. Else, with
+        ``waitForCompletion`` (console, batch) it blocks and raises RuntimeError with pip's log on
+        failure; without, it returns the running ``PipRun`` at once and calls ``onUpdate(run)``
+        from a QTimer as pip prints, and once more when it has finished.
+        """
+        from BrainBarriersLib import dependencies
+        from BrainBarriersLib.worker_client import python_command
+
+        requirements = self.requirementsFile()
+        missing = dependencies.missing_requirements(requirements)
+        needTorch = dependencies.torch_missing(requirements)
         if not missing and not needTorch:
             return True
+        torchVersion = dependencies.torch_requirement(requirements)
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
                 _("BrainBarriers needs these Python packages, which will be downloaded and "
                   "installed into Slicer's Python now:\n\n") +
-                "\n".join(missing + (["torch (through the PyTorch extension)"] if needTorch
-                                     else [])),
+                "\n".join(missing + ([f"torch{torchVersion} (through the PyTorch extension)"]
+                                     if needTorch else [])),
                 windowTitle=_("Install Python packages")):
             return False
         if needTorch:
@@ -303,18 +447,49 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
             except ImportError as e:
                 raise RuntimeError(_("PyTorch is needed: install the 'PyTorch' extension from the "
                                      "Extensions Manager and restart Slicer.")) from e
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=torchVersion)
+            if torch is None:
                 raise RuntimeError(_("PyTorch could not be installed."))
-        if missing:
-            with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."),
-                                                 waitCursor=True) if askConfirmation else \
-                    _NullContext():
-                slicer.util.pip_install(missing)
-        return True
+        if not missing:
+            return True
+        constraints = os.path.join(slicer.app.temporaryPath, "BrainBarriers-constraints.txt")
+        with open(constraints, "w", encoding="utf-8") as f:
+            f.write(dependencies.installed_constraints(
+                exclude=[dependencies.requirement_name(r) for r in missing]))
+        run = dependencies.PipRun(dependencies.pip_install_command(python_command(), missing,
+                                                                   constraints))
+        if waitForCompletion:
+            if run.wait() != 0:
+                raise RuntimeError(_("Installing the Python packages failed:\n") + run.log)
+            return True
+        self._installTimer = qt.QTimer()
+        self._installTimer.setInterval(200)
+        self._installTimer.connect("timeout()", lambda: self._pollInstall(run, onUpdate))
+        self._installTimer.start()
+        return run
+
+    def _pollInstall(self, run, onUpdate) -> None:
+        new = run.poll()
+        if run.finished:
+            self._installTimer.stop()
+            import importlib
+
+            importlib.invalidate_caches()  # make the new packages importable in this session
+        if (new or run.finished) and onUpdate is not None:
+            onUpdate(run)
 
     # ------------------------------------------------------------------ running
     def isRunning(self) -> bool:
         return self.job is not None and self.job.status.state == "running"
+
+    def runFromParameterNode(self, parameterNode, waitForCompletion=True, onUpdate=None):
+        """Run what the panel shows: its inputs, checked steps, chosen models and device."""
+        p = parameterNode
+        steps = [s for s in STEPS if getattr(p, "run" + s.capitalize())]
+        models = {s: getattr(p, f"{s}Model") for s in MODEL_STEPS if s in steps}
+        return self.run(**{s: getattr(p, s) for s in SEQUENCES}, steps=steps, device=p.device,
+                        models=models, waitForCompletion=waitForCompletion, onUpdate=onUpdate)
 
     def run(self, t1=None, t1ce=None, t2=None, flair=None, ct=None, steps=None, device="auto",
             models=None, options=None, name="BrainBarriers", waitForCompletion=True,
@@ -322,8 +497,9 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
         """Run the pipeline on volume nodes and import the results into the scene.
 
         steps: names among skullstrip, supervoxels, tumor, barriers, ctv (None: all); their
-        prerequisites are added. device: "auto", "cpu" or "cuda". models: {step: model name}.
-        options: {step: {key: value}} (as ``--set step.key=value``).
+        prerequisites are added. device: "auto", "cpu" or "cuda". models: {step: value}, values
+        from ``modelChoices(step)`` ("" for the step's default). options: {step: {key: value}}
+        (as ``--set step.key=value``).
 
         With ``waitForCompletion`` (console, batch): blocks, returns {"segmentation": node,
         "supervoxels": node, ...} and raises RuntimeError (with the worker's log) on failure.
@@ -338,10 +514,11 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
         if missing:
             raise RuntimeError(_("Missing Python packages: ") + ", ".join(missing) +
                                _(". Install them with BrainBarriersLogic().installDependencies()."))
+        from brainbarriers.model_choices import model_options
+
         allOptions = {k: dict(v) for k, v in (options or {}).items()}
-        for step, model in (models or {}).items():
-            if model and model != "default":
-                allOptions.setdefault(step, {})["model"] = model
+        for step, values in model_options(dict(models or {})).items():
+            allOptions.setdefault(step, {}).update(values)
         inputs = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair, "ct": ct}
         self.job = PipelineJob(slicer.mrmlScene, inputs, steps=steps, device=device,
                                options=allOptions, name=name, timeout=timeout,
@@ -372,70 +549,86 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
             self._timer.stop()
 
 
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 #
 # Test
 #
 class BrainBarriersTest(ScriptedLoadableModuleTest):
-    """Loads the demo case, runs the pipeline through the Logic and checks the segmentation."""
+    """Runs in under a minute on CPU and installs nothing: the terminology, the demo case in the
+    Sample Data registration, the parameter node and model choices, and (when the Python packages
+    are installed) the skull-stripping step on the demo case through the background worker, with
+    cancel. The whole pipeline runs too when BRAINBARRIERS_FULL_SELF_TEST=1 (minutes on CPU)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_TerminologyAndSampleData()
+        self.setUp()
         self.test_DemoCase()
 
-    def demoFolder(self) -> str:
-        import brainbarriers
+    def test_TerminologyAndSampleData(self):
+        import hashlib
+        import urllib.parse
+        import urllib.request
 
-        return os.path.join(os.path.dirname(brainbarriers.__file__), "data", "demo")
+        logic = slicer.modules.terminologies.logic()
+        self.assertEqual(logic.LoadTerminologyFromFile(_resource(TERMINOLOGY_FILE)),
+                         "Segmentation category and type - BrainBarriers")
+        arguments = sampleDataArguments()
+        self.assertTrue(os.path.isfile(arguments["thumbnailFileName"]))
+        for uri, checksum in zip(arguments["uris"], arguments["checksums"]):
+            path = urllib.request.url2pathname(urllib.parse.urlparse(uri).path)
+            with open(path, "rb") as f:
+                self.assertEqual("SHA256:" + hashlib.sha256(f.read()).hexdigest(), checksum)
 
     def test_DemoCase(self):
         self.delayDisplay("Loading the demo case")
-        folder = self.demoFolder()
-        nodes = {s: slicer.util.loadVolume(os.path.join(folder, f"{s}.nii.gz"))
-                 for s in ("t1", "t1ce", "t2", "flair")}
+        nodes = {s: slicer.util.loadVolume(os.path.join(demoFolder(), f"{s}.nii.gz"))
+                 for s in DEMO_SEQUENCES}
         logic = BrainBarriersLogic()
-        if logic.missingDependencies():
-            logic.installDependencies(askConfirmation=False)
+        parameters = logic.getParameterNode()
+        for s in DEMO_SEQUENCES:
+            setattr(parameters, s, nodes[s])
+        missing = logic.missingDependencies()
+        if missing:  # the self-test never installs: say what was left out, and why
+            self.delayDisplay("Skipped the pipeline run: Python packages not installed ("
+                              + ", ".join(missing) + "); install them from the module panel")
+            return
+        for step in MODEL_STEPS:
+            self.assertTrue(modelChoices(step))
+        full = os.environ.get(FULL_SELF_TEST_VARIABLE) == "1"
+        for step in STEPS:
+            setattr(parameters, "run" + step.capitalize(), full or step == "skullstrip")
+        parameters.device = "cpu"
         before = slicer.mrmlScene.GetNumberOfNodes()
 
-        self.delayDisplay("Running the pipeline (background worker, waiting for it)")
-        result = logic.run(**nodes, device="cpu", waitForCompletion=True)
-        seg = result["segmentation"]
+        self.delayDisplay("Running " + ("every step" if full else "skull-stripping")
+                          + " on CPU in the background worker")
+        seg = logic.runFromParameterNode(parameters, waitForCompletion=True)["segmentation"]
         self.assertIsNotNone(seg)
         self.assertGreater(slicer.mrmlScene.GetNumberOfNodes(), before)
-
-        from brainbarriers.labels import SEGMENTS_BY_OUTPUT
-
-        segmentation = seg.GetSegmentation()
-        names = {segmentation.GetNthSegment(i).GetName()
-                 for i in range(segmentation.GetNumberOfSegments())}
-        for spec in SEGMENTS_BY_OUTPUT["barriers"].values():
-            self.assertIn(spec.name, names)
         reference = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
         self.assertEqual(reference.GetID(), nodes["t1ce"].GetID())
-        self.assertTrue(segmentation.GetSegment("barriers_falx").GetTerminology()
-                        if hasattr(segmentation.GetSegment("barriers_falx"), "GetTerminology")
-                        else True)
-        brain = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "brain_mask_brain",
-                                                            nodes["t1ce"])
+        segment = seg.GetSegmentation().GetSegment("brain_mask_brain")
+        self.assertIn("BrainBarriers", segment.GetTerminology())
+        brain = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "brain_mask_brain", nodes["t1ce"])
         truth = slicer.util.arrayFromVolume(slicer.util.loadLabelVolume(
-            os.path.join(folder, "brain_mask_truth.nii.gz")))
+            os.path.join(demoFolder(), "brain_mask_truth.nii.gz")))
         dice = 2.0 * ((brain > 0) & (truth > 0)).sum() / ((brain > 0).sum() + (truth > 0).sum())
         self.assertGreater(dice, 0.8)
+        if full:
+            from brainbarriers.labels import SEGMENTS_BY_OUTPUT
+
+            segmentation = seg.GetSegmentation()
+            names = {segmentation.GetNthSegment(i).GetName()
+                     for i in range(segmentation.GetNumberOfSegments())}
+            for spec in SEGMENTS_BY_OUTPUT["barriers"].values():
+                self.assertIn(spec.name, names)
 
         self.delayDisplay("Cancel leaves the scene as it was")
         count = slicer.mrmlScene.GetNumberOfNodes()
-        job = logic.run(**nodes, device="cpu", waitForCompletion=False)
+        job = logic.run(**nodes, steps=["skullstrip"], device="cpu", waitForCompletion=False)
         job.cancel()
         self.assertEqual(job.wait(), "cancelled")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count)

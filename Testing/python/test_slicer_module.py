@@ -119,36 +119,45 @@ def test_icon_is_a_128_pixel_png():
     assert struct.unpack(">II", data[16:24]) == (128, 128)
 
 
-def test_requirements_are_pinned_and_cover_the_core():
-    from BrainBarriersLib.dependencies import SKIP, read_requirements, requirement_name
-    from packaging.requirements import Requirement
-
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        tomllib = pytest.importorskip("tomli")
-
-    pins = {}
-    for line in read_requirements(MODULE_DIR / "Resources" / "requirements.txt"):
-        req = Requirement(line)
-        assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", line
-        pins[requirement_name(line)] = next(iter(req.specifier)).version
-    assert not set(pins) & SKIP  # never replace Slicer's own packages or torch
-    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    for line in core:
-        name = requirement_name(line)
-        if name in SKIP:
-            continue
-        assert name in pins, f"{name} (a core dependency) is missing from requirements.txt"
-        assert Requirement(line).specifier.contains(pins[name]), (line, pins[name])
-
-
 def test_missing_requirements_are_found(tmp_path):
-    from BrainBarriersLib.dependencies import missing_requirements
+    from BrainBarriersLib.dependencies import missing_requirements, torch_missing, torch_requirement
 
     reqs = tmp_path / "r.txt"
-    reqs.write_text("# comment\npytest>=1\nno-such-package-xyz==1.0\nnumpy==0.0.1\npytest<1\n")
-    assert missing_requirements(reqs) == ["no-such-package-xyz==1.0", "pytest<1"]
+    reqs.write_text("# comment\npytest>=1\nno-such-package-xyz==1.0\nnumpy==0.0.1\npytest<1\n"
+                    "torch>=2.8\n")
+    # torch is left to the PyTorch extension: reported apart, with its range
+    assert missing_requirements(reqs) == ["no-such-package-xyz==1.0", "numpy==0.0.1", "pytest<1"]
+    assert torch_requirement(reqs) == ">=2.8"
+    assert not torch_missing(reqs)  # this environment's torch is recent enough
+    reqs.write_text("torch>=99\n")
+    assert torch_missing(reqs)
+
+
+def test_the_install_holds_every_installed_package_at_its_version(tmp_path):
+    import importlib.metadata as md
+
+    from BrainBarriersLib.dependencies import installed_constraints, pip_install_command
+
+    lines = installed_constraints(exclude=["scikit-image", "Nibabel"]).splitlines()
+    pins = dict(line.split("==") for line in lines)
+    assert pins["numpy"] == md.version("numpy") and pins["scipy"] == md.version("scipy")
+    assert "scikit-image" not in pins and "nibabel" not in pins  # these may be installed/upgraded
+    command = pip_install_command(["py"], ["nibabel==5.4.2"], tmp_path / "c.txt")
+    assert command[:4] == ["py", "-m", "pip", "install"]
+    assert "--only-binary=:all:" in command and command[-3:] == ["-c", str(tmp_path / "c.txt"),
+                                                                  "nibabel==5.4.2"]
+
+
+def test_pip_run_hands_out_output_without_blocking_and_keeps_the_log():
+    from BrainBarriersLib.dependencies import PipRun
+
+    run = PipRun([sys.executable, "-c", "import sys, time; print('Collecting x'); "
+                  "sys.stdout.flush(); time.sleep(0.5); print('ERROR: no wheel', file=sys.stderr); "
+                  "sys.exit(3)"])
+    assert run.poll() == [] or not run.finished  # returns at once, process still running
+    assert run.wait(timeout=10) == 3
+    assert run.finished and run.lines == ["Collecting x", "ERROR: no wheel"]
+    assert "ERROR: no wheel" in run.log
 
 
 def _top_level_imports(path: Path) -> set[str]:
