@@ -73,6 +73,7 @@ def _slice(t1ce, k: int) -> vtk.vtkImageActor:
     shift = np.eye(4)
     shift[2, 3] = k
     actor.SetUserMatrix(_matrix(t1ce.affine @ shift))
+    actor.SetOpacity(0.6)
     return actor
 
 
@@ -80,7 +81,7 @@ def render(run: Path, out: Path, size=(1200, 800)) -> None:
     t1ce = load_volume(run / "inputs" / "t1ce.nii.gz")
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(0.08, 0.08, 0.12)
-    centre_k = None
+    tumour_k = None
     for key, specs in SEGMENTS_BY_OUTPUT.items():
         path = run / f"{key}.nii.gz"
         if not path.exists() or OPACITY[key] == 0.0:
@@ -90,14 +91,19 @@ def render(run: Path, out: Path, size=(1200, 800)) -> None:
             mask = labels.array == value
             if mask.any():
                 renderer.AddActor(_surface(mask, labels.affine, spec.color, OPACITY[key]))
-                if key == "tumor" and centre_k is None:
-                    centre_k = int(np.argwhere(mask)[:, 2].mean())
-    renderer.AddActor(_slice(t1ce, centre_k if centre_k is not None else t1ce.shape[2] // 2))
-    camera = renderer.GetActiveCamera()
+                if key == "tumor" and tumour_k is None:
+                    tumour_k = int(np.argwhere(mask)[:, 2].mean())
+    # An axial T1ce slice through the tumour, see-through so the structures below show.
+    renderer.AddActor(_slice(t1ce, tumour_k if tumour_k is not None else t1ce.shape[2] // 2))
+    # Seen from the front, above and to the patient's left (RAS: -x, +y, +z), head up.
     renderer.ResetCamera()
-    camera.Elevation(35)
-    camera.Azimuth(30)
-    camera.Zoom(1.4)
+    camera = renderer.GetActiveCamera()
+    focal = np.array(camera.GetFocalPoint())
+    distance = camera.GetDistance()
+    camera.SetPosition(*(focal + distance * np.array([-0.45, 0.75, 0.5])))
+    camera.SetViewUp(0.0, 0.0, 1.0)
+    renderer.ResetCameraClippingRange()
+    camera.Zoom(1.6)
     window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)
     window.SetSize(*size)

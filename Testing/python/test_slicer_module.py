@@ -113,6 +113,18 @@ def test_extension_cmake_metadata():
     assert "Slicer_EXTENSION_GENERATE_CONFIG" in text and "Slicer_EXTENSION_CPACK" in text
 
 
+def test_index_urls_point_at_images_in_this_repository():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        url = re.search(rf'set\({key} "([^"]+)"\)', text).group(1)
+        path = ROOT / url.split("/main/", 1)[1]
+        assert path.is_file(), f"{key}: {path} does not exist"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r'BrainBarriers_MINIMUM_SLICER_VERSION "5\.10"', text)
+    module = MODULE.read_text()
+    assert "MINIMUM_SLICER_VERSION = (5, 10)" in module
+
+
 def test_icon_is_a_128_pixel_png():
     data = (MODULE_DIR / "Resources" / "Icons" / "BrainBarriers.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
