@@ -258,10 +258,7 @@ class BrainBarriersWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.t1ce:
-            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
-                self._parameterNode.t1ce = first
+        self.logic.guessInputs(self._parameterNode)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -399,6 +396,22 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return BrainBarriersParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def guessInputs(parameterNode) -> None:
+        """Fill empty sequence inputs with volumes named after them (a word of the name: "t1ce"
+        in "BrainBarriersDemo-T1CE"); with none found, the first volume becomes the T1ce."""
+        import re
+
+        volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                   if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+        for node in volumes:
+            words = set(re.split(r"[^a-z0-9]+", node.GetName().lower()))
+            for sequence in SEQUENCES:
+                if sequence in words and not getattr(parameterNode, sequence):
+                    setattr(parameterNode, sequence, node)
+        if volumes and not any(getattr(parameterNode, s) for s in SEQUENCES):
+            parameterNode.t1ce = volumes[0]
 
     # ------------------------------------------------------------------ dependencies
     @staticmethod

@@ -156,6 +156,16 @@ def test_sample_data_source_is_the_demo_case_with_checksums():
     assert len(args["uris"]) == len(args["fileNames"]) == len(args["nodeNames"]) == 4
 
 
+def test_inputs_are_guessed_from_the_volume_names():
+    nodes = load_demo()  # named t1, t1ce, t2, flair after their files
+    parameters = BB.BrainBarriersLogic().getParameterNode()
+    BB.BrainBarriersLogic.guessInputs(parameters)
+    for sequence, node in nodes.items():
+        assert getattr(parameters, sequence) is node or \
+            getattr(parameters, sequence).GetID() == node.GetID(), sequence
+    assert parameters.ct is None
+
+
 def test_combo_boxes_list_the_registry_and_the_choice_reaches_the_run_options(monkeypatch):
     parameters = BB.BrainBarriersLogic().getParameterNode()
     widget = panel(parameters)
@@ -218,7 +228,7 @@ def test_a_failed_run_shows_one_dialog_and_leaves_the_scene():
 
 
 @pytest.mark.skipif(os.environ.get("BB_HARNESS_DEMO") != "1",
-                    reason="the worker-on-demo run is made under one release only (time)")
+                    reason="BB_HARNESS_DEMO=1 runs the worker on the demo case (about 20 s)")
 def test_apply_runs_the_worker_on_the_demo_case_and_brings_the_segmentation():
     parameters = BB.BrainBarriersLogic().getParameterNode()
     nodes = load_demo()
