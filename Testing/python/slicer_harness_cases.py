@@ -227,8 +227,11 @@ def test_a_failed_run_shows_one_dialog_and_leaves_the_scene():
     assert slicer.mrmlScene.GetNumberOfNodes() == count
 
 
-@pytest.mark.skipif(os.environ.get("BB_HARNESS_DEMO") != "1",
-                    reason="BB_HARNESS_DEMO=1 runs the worker on the demo case (about 20 s)")
+DEMO_RUN = os.environ.get("BB_HARNESS_DEMO", "")  # "panel" or "selftest": which demo run to make
+
+
+@pytest.mark.skipif(DEMO_RUN != "panel",
+                    reason="BB_HARNESS_DEMO=panel runs the worker on the demo case (about 20 s)")
 def test_apply_runs_the_worker_on_the_demo_case_and_brings_the_segmentation():
     parameters = BB.BrainBarriersLogic().getParameterNode()
     nodes = load_demo()
@@ -256,3 +259,32 @@ def test_apply_runs_the_worker_on_the_demo_case_and_brings_the_segmentation():
     dice = 2.0 * ((brain > 0) & (truth > 0)).sum() / ((brain > 0).sum() + (truth > 0).sum())
     assert dice > 0.9
     assert widget.ui.progressBar.value == 100 and widget.ui.applyButton.enabled
+
+
+def test_without_the_packages_the_self_test_checks_what_it_can_and_installs_nothing(monkeypatch):
+    def no_install(*args, **kwargs):
+        raise AssertionError("the self-test must not install anything")
+
+    monkeypatch.setattr(BB.BrainBarriersLogic, "installDependencies", no_install)
+    monkeypatch.setattr(BB.BrainBarriersLogic, "missingDependencies", lambda self: ["torch>=2.8"])
+    monkeypatch.setattr(BB.BrainBarriersLogic, "run", no_install)
+    test = BB.BrainBarriersTest()
+    test.messageDelay = 0
+    test.runTest()  # terminology, Sample Data checksums, the demo volumes load; no run
+
+
+@pytest.mark.skipif(DEMO_RUN != "selftest",
+                    reason="BB_HARNESS_DEMO=selftest runs the module's self-test (about 30 s)")
+def test_the_modules_self_test_passes_in_under_a_minute_and_installs_nothing(monkeypatch):
+    import time
+
+    def no_install(*args, **kwargs):
+        raise AssertionError("the self-test must not install anything")
+
+    monkeypatch.setattr(BB.BrainBarriersLogic, "installDependencies", no_install)
+    monkeypatch.delenv(BB.FULL_SELF_TEST_VARIABLE, raising=False)
+    test = BB.BrainBarriersTest()
+    test.messageDelay = 0
+    start = time.monotonic()
+    test.runTest()
+    assert time.monotonic() - start < 60
