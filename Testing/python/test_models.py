@@ -282,9 +282,10 @@ def _zip(folder, zpath, extra=()):
 
 
 @pytest.mark.parametrize("field, value", [("name", "../../victim"), ("version", "../../../victim"),
-                                          ("name", "/tmp/victim"), ("name", "..")])
+                                          ("name", "{tmp_path}/victim"), ("name", "..")])
 def test_install_writes_nothing_outside_the_models_folder(package, tmp_path, field, value):
     folder, _ = package
+    value = value.format(tmp_path=tmp_path)  # an absolute path, in this test's folder
     victim = tmp_path / "victim-0.1"
     victim.mkdir()
     (victim / "precious.txt").write_text("keep me")
@@ -339,8 +340,7 @@ def test_zip_bombs_are_refused(package, tmp_path, private_tmp, monkeypatch):
     import brainbarriers.models as models
 
     folder, _ = package
-    many = _zip(folder, tmp_path / "many.zip",
-                [(f"pkg/docs/{n}.txt", b"x") for n in range(models.MAX_ZIP_FILES)])
+    many = _zip(folder, tmp_path / "many.zip", [(f"pkg/docs/{n}.txt", b"x") for n in range(1000)])
     with pytest.raises(InputError, match="holds 1003 files; a model package holds at most 1000"):
         install_package(many, dest=tmp_path / "models")
     monkeypatch.setattr(models, "MAX_ZIP_BYTES", 16 << 20)
