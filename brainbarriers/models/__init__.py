@@ -273,6 +273,8 @@ def _package_folders(root: Path) -> list[Path]:
         return []
     found = []
     for p in sorted(root.iterdir()):
+        if p.name.startswith("."):  # an install in progress, or one killed half-way
+            continue
         if (p / MANIFEST).is_file():
             found.append(p)
         elif p.is_dir():
@@ -388,7 +390,11 @@ def _extract_zip(path: Path) -> Path:
                 try:
                     for i in members:
                         z.extract(i, tmp)
-                    tmp.rename(cache)
+                    try:
+                        tmp.rename(cache)
+                    except OSError:  # another process extracted it meanwhile
+                        if not _same_as_zip(z, members, cache):
+                            raise
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:

@@ -519,11 +519,14 @@ def folder_lock(folder: Path) -> Iterator[None]:
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if not _try_lock(fd):
-            holder = os.pread(fd, 16, 0).decode(errors="replace").strip() or "?"
+            try:
+                holder = os.read(fd, 16).decode(errors="replace").strip() or "?"
+            except OSError:  # Windows: the holder's locked byte cannot be read
+                holder = "?"
             raise InputError(folder, f"another brainbarriers run (process {holder}) is writing "
                              "to this folder; wait for it to finish or choose another --out")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.write(fd, str(os.getpid()).encode())
         yield
     finally:
         os.close(fd)  # closing releases the lock
