@@ -336,13 +336,13 @@ class PipelineRun:
         folder that the run itself created.
         """
         created = _make_folder(self.out)
-        try:
-            with folder_lock(self.out):
+        with folder_lock(self.out):
+            try:
                 return self._run_locked()
-        except InputError:
-            if created:  # nothing of a refused run stays behind, not even its manifest
-                shutil.rmtree(self.out, ignore_errors=True)
-            raise
+            except InputError:
+                if created:  # nothing of a refused run stays behind, not even its manifest
+                    shutil.rmtree(self.out, ignore_errors=True)
+                raise
 
     def _run_locked(self) -> dict[str, Path]:
         self.started = time.time()
