@@ -63,12 +63,12 @@ CONFIGS: dict[str, dict[str, dict]] = {
                   "val_every": 0},
         "cpu": {"net": {"base": 16, "widths": [16, 32, 64, 128], "blocks": 1,
                         "ema_channels": 128, "ema_bases": 32},
-                "spacing": 2.0, "patch": [64, 64, 64], "batch_size": 2, "iterations": 1000,
+                "spacing": 2.0, "patch": [64, 64, 64], "batch_size": 2, "iterations": 600,
                 "warmup_epochs": 5, "lr": 1e-3, "weight_decay": 1e-5, "loss": "gdl+bce",
                 "val_every": 200,
                 "note": "CPU configuration: half the paper's width at every scale, one residual "
                         "block per branch, EMA 128 channels / 32 bases, 2 mm voxels, 64^3 crops "
-                        "(128 mm), batch 2, 1000 iterations; the paper: full width, 1 mm, 128^3 "
+                        "(128 mm), batch 2, 600 iterations; the paper: full width, 1 mm, 128^3 "
                         "crops, batch 4, 250 epochs of about 1000 cases"},
     },
     "conresnet": {

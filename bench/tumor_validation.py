@@ -1,0 +1,93 @@
+"""Tumour models on real held-out BraTS cases: Dice and HD95 per case and region, side by side.
+
+For each case (default: the held-out cases recorded in the default package's manifest, read from
+``../shared/data``; or ``--cases DIR [DIR ...]``, BraTS case folders), every package in
+``--packages`` segments the case as the tumour step does (``tumor.inference.segment``, test-time
+flips unless ``--no-tta``), and the labels are scored with the BraTS conventions
+(``metrics.brats_scores``, as ``brainbarriers evaluate --json``). The default package is also
+scored after removing tumour components other than the largest below each ``--min-component-ml``
+threshold, to measure that post-processing on real cases.
+
+    python bench/tumor_validation.py --packages default demo-hnfnetv2-phantom --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+REGIONS = ("WT", "TC", "ET")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def held_out_cases(package) -> list[Path]:
+    ids = [c for f in package.manifest.get("training", {}).get("folds", []) for c in f["val_cases"]]
+    found = {p.name: p for p in SHARED.glob("*/*") if p.is_dir()}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise SystemExit(f"held-out case(s) {missing} not found under {SHARED}")
+    return [found[i] for i in ids]
+
+
+def main() -> int:
+    import torch
+
+    from brainbarriers.metrics import brats_scores
+    from brainbarriers.models import load_package
+    from brainbarriers.tumor.inference import remove_small_components, segment
+    from brainbarriers.tumor.step import DEFAULT_MODEL
+    from brainbarriers.tumor.train import find_cases, load_case_volumes
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packages", nargs="+", default=["default", "demo-hnfnetv2-phantom"])
+    ap.add_argument("--cases", nargs="*", default=None)
+    ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--min-component-ml", type=float, nargs="*", default=[0.1, 0.5, 1.0, 2.0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    names = [DEFAULT_MODEL if p == "default" else p for p in args.packages]
+    packages = {n: load_package(n) for n in names}
+    folders = [Path(c) for c in args.cases] if args.cases else held_out_cases(packages[names[0]])
+    rows = []
+    for folder in folders:
+        case = find_cases(folder)[0]
+        vols, mask, truth = load_case_volumes(case)
+        for name, pkg in packages.items():
+            t = time.perf_counter()
+            pred = segment({s: vols[s] for s in pkg.inputs}, mask, pkg, tta=not args.no_tta,
+                           min_component_ml=0.0)
+            seconds = time.perf_counter() - t
+            rows.append({"case": case["id"], "package": name, "post": 0.0,
+                         "seconds": round(seconds, 1), **brats_scores(pred, truth)})
+            if name == names[0]:
+                for ml in args.min_component_ml:
+                    cleaned = remove_small_components(pred.array, pred.voxel_volume_ml, ml)
+                    rows.append({"case": case["id"], "package": name, "post": ml,
+                                 **brats_scores(pred.with_array(cleaned), truth)})
+            r = rows[-1 - (len(args.min_component_ml) if name == names[0] else 0)]
+            print(f"{case['id']:<24}{name:<28}" + " ".join(
+                f"{k} {r[k]['dice']:.3f}/{r[k]['hd95']:6.1f}" for k in REGIONS)
+                + f"  {seconds:.0f} s", flush=True)
+
+    print(f"\nmean over {len(folders)} cases (Dice / HD95 mm), TTA {'off' if args.no_tta else 'on'}")
+    keys = sorted({(r["package"], r["post"]) for r in rows}, key=lambda k: (names.index(k[0]), k[1]))
+    for pkg, post in keys:
+        sel = [r for r in rows if r["package"] == pkg and r["post"] == post]
+        label = pkg + (f" +remove<{post:g}ml" if post else "")
+        print(f"{label:<44}" + " ".join(
+            f"{k} {np.mean([r[k]['dice'] for r in sel]):.3f}/{np.mean([r[k]['hd95'] for r in sel]):6.1f}"
+            for k in REGIONS))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
