@@ -50,7 +50,7 @@ def shipped(version: str) -> dict[str, str]:
     if not path.is_file():
         pytest.skip(f"{path} is not here (the shared Slicer package lists)")
     pins = {}
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if "==" in line:
             name, version_ = line.strip().split("==")
             pins[canonicalize_name(name)] = version_
@@ -94,7 +94,7 @@ def test_requirements_cover_the_core():
     except ModuleNotFoundError:  # Python 3.10
         tomllib = pytest.importorskip("tomli")
     reqs = requirements()
-    core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    core = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     for line in core:
         name = requirement_name(line)
         if name in NOT_IN_SLICER or name == TORCH:
@@ -179,7 +179,7 @@ def test_requirements_resolve_to_wheels_without_replacing_slicers_packages(
                    "-r", str(REQUIREMENTS), "-c", str(constraints)], pip_env)
     assert result.returncode == 0, result.stderr[-3000:]
     chosen = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"]
-              for i in json.loads(report.read_text())["install"]}
+              for i in json.loads(report.read_text(encoding="utf-8"))["install"]}
     for name, version in chosen.items():
         if name in own:
             assert version == own[name], f"{name} {own[name]} would become {version}"
