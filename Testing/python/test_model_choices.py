@@ -122,10 +122,13 @@ def test_every_option_the_panel_can_send_is_accepted_by_its_step(step, stand_ins
 
 
 def test_a_misspelt_option_is_refused_not_ignored(stand_ins):
+    from brainbarriers.pipeline.core import check_options
+
     steps = {s.name: s for s in all_steps()}
-    for step, wrong in (("barriers", "model"), ("skullstrip", "model")):
-        with pytest.raises(InputError, match="unknown option"):
-            steps[step].run(FakeContext(step, {wrong: "x"}))
+    for step, wrong in (("barriers", "model"), ("skullstrip", "model"), ("tumor", "models")):
+        with pytest.raises(InputError, match=f"{step}: unknown option"):
+            check_options(steps[step], {wrong: "x"})
+        check_options(steps[step], {o: "x" for o in steps[step].options})  # every known one passes
     assert mc.model_options({"tumor": ""}) == {}
     with pytest.raises(ValueError):
         mc.model_options({"ctv": "x"})

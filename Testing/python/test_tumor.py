@@ -228,6 +228,12 @@ def test_missing_extra_and_incompatible_inputs(small_case_dir, small_case, tmp_p
     with pytest.raises(InputError, match="step 'tumor' needs --flair"):
         PipelineRun(inputs, tmp_path / "o", [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"),
                                              STEP], device="cpu")
+    # A misspelt option is refused before anything is written, naming the known ones.
+    with pytest.raises(InputError, match="tumor: unknown option.*modle.*known: model"):
+        PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in SEQ}, tmp_path / "o1",
+                    [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), STEP],
+                    device="cpu", options={"tumor": {"modle": "x"}})
+    assert not (tmp_path / "o1").exists()
     pkg = load_package("demo-hnfnetv2-phantom")
     mask = small_case.truths["brain_mask"]
     images = dict(small_case.sequences)

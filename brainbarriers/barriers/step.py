@@ -36,10 +36,6 @@ def demo_models_folder() -> Path:
 
 
 def _run(ctx: StepContext) -> dict[str, Volume]:
-    unknown = sorted(set(ctx.options) - set(OPTIONS))
-    if unknown:  # e.g. "model" for "models": refuse rather than silently use the default
-        raise InputError(None, f"barriers: unknown option(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(OPTIONS)})")
     choice = str(ctx.options.get("models", "atlas"))
     brain_mask = ctx.get("brain_mask")
     brain = brain_mask.array > 0
@@ -95,4 +91,5 @@ STEP = Step(
     labels=("barriers",),
     version="1",
     description="anatomical barriers: falx, tentorium, sinuses, cerebellum, ventricles",
+    options=OPTIONS,
 )

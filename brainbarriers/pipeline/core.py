@@ -93,6 +93,14 @@ class CancelToken:
             raise Cancelled("cancelled")
 
 
+def check_options(step: Step, options: Mapping) -> None:
+    """Refuse options the step does not read: a misspelt one would silently be ignored."""
+    unknown = sorted(set(options) - set(step.options or ()))
+    if step.options is not None and unknown:
+        raise InputError(None, f"{step.name}: unknown option(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(step.options)})")
+
+
 @dataclass(frozen=True)
 class Step:
     """A pipeline step. ``run`` receives a StepContext and returns ``{product: Volume}``.
@@ -111,6 +119,7 @@ class Step:
     labels: tuple[str, ...] = ()
     version: str = "1"
     description: str = ""
+    options: tuple[str, ...] | None = None  # the --set keys it reads; None: not checked
 
     @property
     def declared_inputs(self) -> tuple[str, ...]:
@@ -256,6 +265,7 @@ class PipelineRun:
                     None, f"step '{step.name}' needs {', '.join(lacking)}, which no earlier step makes"
                 )
             available |= set(step.outputs) | set(step.optional_outputs)
+            check_options(step, self.options.get(step.name, {}))
 
     def _choose_reference(self, reference: str | None) -> str:
         if reference is None:

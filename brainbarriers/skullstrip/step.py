@@ -120,4 +120,5 @@ STEP = Step(
     labels=("brain_mask",),
     version="1",
     description="brain mask (deepbet or HD-BET) and skull-stripped sequences",
+    options=OPTIONS,
 )

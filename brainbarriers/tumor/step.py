@@ -26,6 +26,8 @@ DEFAULT_MODEL = "demo-hnfnetv2-phantom"
 # The model's input names -> the skull-stripped products of the skullstrip step.
 PRODUCT_OF = {"t1": "t1_brain", "t1ce": "t1ce_brain", "t2": "t2_brain", "flair": "flair_brain"}
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
+OPTIONS = ("model", "tta", "small_et_ml", "min_component_ml", "overlap", "refine_supervoxels",
+           "supervoxel_fraction")
 
 
 def run(ctx: StepContext) -> dict[str, Volume]:
@@ -84,4 +86,5 @@ STEP = Step(
     labels=("tumor",),
     version="1",
     description="tumour sub-regions (BraTS 1/2/4) by HNF-Netv2 / ConResNet / SegResNet packages",
+    options=OPTIONS,
 )
