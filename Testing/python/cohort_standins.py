@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,18 @@ def _tumour(ctx):
             os.write(fd, f"{os.getpid()} {ctx._run.out.name}".encode())
             os.close(fd)
             os.kill(os.getpid(), signal.SIGKILL)
+    hold = ctx.options.get("hold")
+    if hold:
+        try:  # the first case here holds (until cancelled, 60 s at most) so a test can Ctrl-C
+            fd = os.open(hold, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, f"{os.getpid()} {ctx._run.out.name}".encode())
+            os.close(fd)
+            for _ in range(600):
+                ctx.progress(0.5)  # raises Cancelled once the run is cancelled
+                time.sleep(0.1)
     ctx.progress(0.5)
     ctx.warn("stand-in tumour step")
     return {"tumor": ctx.new_volume(tumour_rule(ctx.get("t2").array))}

@@ -146,7 +146,8 @@ def test_cohort_on_two_workers_broken_case_table_and_rerun(cohort, tmp_path):
     voxel_ml = float(np.prod(vol.spacing)) / 1000
     labels = tumour_rule(vol.array)
     assert good["ml_WT"] == pytest.approx(np.count_nonzero(labels) * voxel_ml, abs=1e-3)
-    assert good["ml_enhancing_tumor"] == pytest.approx(np.count_nonzero(labels == 4) * voxel_ml, abs=1e-3)
+    enhancing = np.count_nonzero(labels == 4) * voxel_ml
+    assert good["ml_enhancing_tumor"] == pytest.approx(enhancing, abs=1e-3)
     assert good["ml_brain"] == pytest.approx(np.count_nonzero(load_volume(
         cohort / "BraTS2021_00001" / "BraTS2021_00001_t1.nii.gz").array > 0) * voxel_ml, abs=1e-3)
     assert good["n_warnings"] == 1 and "stand-in tumour step" in good["warnings"]
@@ -250,3 +251,64 @@ def test_command_runs_real_steps_and_skips_on_rerun(cohort, tmp_path, capsys):
 
     assert main([*args[:2], "--out", str(out), "--steps", "nope"]) == 2
     assert "unknown step(s): nope" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGINT to a child")
+def test_ctrl_c_cancels_cleanly_and_a_rerun_picks_up(cohort, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from cohort_standins import __file__ as standins
+
+    script = tmp_path / "cohort.py"
+    script.write_text(
+        "import sys\n"
+        "from cohort_standins import STEPS\n"
+        "from brainbarriers.cohort import ClusterSpec, find_cohort, run_cohort\n"
+        "from brainbarriers.errors import Cancelled\n"
+        "if __name__ == '__main__':  # spawned workers import this module again\n"
+        "    try:\n"
+        "        run_cohort(find_cohort(sys.argv[1]), sys.argv[2], STEPS, device='cpu',\n"
+        "                   cluster=ClusterSpec(workers=1, memory_limit='1GB'),\n"
+        "                   options={'tumor': {'hold': sys.argv[3]}})\n"
+        "    except Cancelled:\n"
+        "        sys.exit(130)\n")
+    out, hold = tmp_path / "out", tmp_path / "hold"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(standins).parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, str(script), str(cohort), str(out), str(hold)],
+                             env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (hold.exists() and hold.read_text()) and time.time() < deadline:
+            assert child.poll() is None, child.stderr.read()
+            time.sleep(0.2)
+        pid, held = marker_case(hold)
+        child.send_signal(2)  # SIGINT: what Ctrl-C sends
+        assert child.wait(timeout=30) == 130, child.stderr.read()
+    finally:
+        child.kill()
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the cluster is closed: its worker process is gone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"worker {pid} still runs after the cancel")
+    with (out / "cohort.csv").open() as f:
+        table = {r["case"]: r["status"] for r in csv.DictReader(f)}
+    assert table[held] == "cancelled" and len(table) == 3
+    # The held case stopped at a safe point and says so; the queued good case never started.
+    assert json.loads((out / held / "manifest.json").read_text())["status"] == "cancelled"
+    queued = ({"BraTS2021_00001", "BraTS2021_00002"} - {held}).pop()
+    assert table[queued] == "cancelled" and not (out / queued).exists()
+
+    # The rerun (the hold is spent) finishes what the cancelled run did not.
+    result = run_cohort(find_cohort(cohort), out, STEPS, device="cpu", cluster=two_workers(),
+                        options={"tumor": {"hold": str(hold)}})
+    assert result.counts == {"done": 2, "failed": 1}
+    assert json.loads((out / held / "manifest.json").read_text())["status"] == "done"
+    assert not [p for p in out.rglob("*") if ".part" in p.name]

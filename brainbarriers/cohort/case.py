@@ -31,6 +31,9 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
                  "out": out, "worker": _worker_address()}
     token = CancelToken()
     stop_watch = _watch_cancel(cancel_event, token)
+    if token.cancelled:  # queued when the cohort was cancelled: touch nothing
+        stop_watch()
+        return {**row, "status": "cancelled", "seconds": 0.0}
     try:
         if case.problems:
             raise InputError(None, "; ".join(case.problems))
@@ -160,6 +163,9 @@ def _watch_cancel(name: str | None, token: CancelToken) -> Callable[[], None]:
     from distributed import Event
 
     event, done = Event(name), threading.Event()
+    if event.is_set():
+        token.cancel()
+        return lambda: None
 
     def watch() -> None:
         while not done.is_set():

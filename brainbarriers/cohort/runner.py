@@ -10,6 +10,7 @@ the same way again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -20,13 +21,14 @@ from pathlib import Path
 
 from ..errors import Cancelled
 from ..io import atomic_path
-from ..pipeline.core import MANIFEST, Step
+from ..pipeline.core import MANIFEST, Step, check_options
 from .case import PROGRESS_TOPIC, run_case
 from .discover import Case
 
 ROWS = "rows"  # OUT/rows/<case>.json: each finished case's row, read back by a rerun
 TABLE = "cohort"  # OUT/cohort.csv and OUT/cohort.parquet
 FIRST_COLUMNS = ["case", "status", "error", "layout", "seconds", "n_warnings"]
+CANCEL_GRACE_S = 20  # how long Ctrl-C waits for running cases to stop at a safe point
 MEMORY_PER_CASE = 4 * 2**30  # a full-resolution case with every step, on CPU (bench_cohort.py)
 
 
@@ -92,11 +94,13 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
                on_event: Callable[[dict], None] | None = None) -> CohortResult:
     """Run every case not already finished; write the table (also when cancelled: Ctrl-C cancels
     the tasks, closes the cluster, writes what is known and raises Cancelled)."""
-    from distributed import Client, Event, as_completed
+    from distributed import Client, Event, as_completed, wait
 
+    options = options or {}
+    for step in steps:  # a misspelt --set fails here once, not in every case's row
+        check_options(step, options.get(step.name, {}))
     out = Path(out)
     (out / ROWS).mkdir(parents=True, exist_ok=True)
-    options = options or {}
     cluster = cluster or ClusterSpec()
     emit = on_event or (lambda event: None)
     rows: dict[str, dict] = {}
@@ -111,8 +115,17 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
     for case_id, row in rows.items():
         emit({"event": "case", "case": case_id, "status": row["status"], "skipped": True})
 
+    def record(case: Case, row: dict) -> None:
+        rows[case.id] = {**row, "ran": True}
+        if row["status"] == "done":
+            _save_row(out, row)
+        emit({"event": "case", "case": case.id, "status": row["status"], "error": row["error"],
+              "seconds": row.get("seconds")})
+
     local = None
     client = None
+    futures: dict = {}
+    cancel_name = f"brainbarriers-cancel-{uuid.uuid4().hex}"
     interrupted = False
     try:
         if todo:
@@ -122,7 +135,6 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
                 local = _local_cluster(len(todo), cluster)
                 client = Client(local)
             client.subscribe_topic(PROGRESS_TOPIC, lambda item: emit(item[1]))
-            cancel_name = f"brainbarriers-cancel-{uuid.uuid4().hex}"
             resources = {"GPU": 1} if cluster.gpu else None
             futures = {
                 client.submit(run_case, case, str(out / case.id), steps, options, reference,
@@ -130,25 +142,28 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
                               pure=False, resources=resources): case
                 for case in todo
             }
-            try:
-                for future in as_completed(futures):
-                    case = futures[future]
-                    row = _result(future, case, out)
-                    rows[case.id] = {**row, "ran": True}
-                    if row["status"] == "done":
-                        _save_row(out, row)
-                    emit({"event": "case", "case": case.id, "status": row["status"],
-                          "error": row["error"], "seconds": row.get("seconds")})
-            except KeyboardInterrupt:
-                interrupted = True
-                Event(cancel_name, client=client).set()  # running cases stop at a safe point
+            for future in as_completed(futures):
+                record(futures[future], _result(future, futures[future], out))
+    except KeyboardInterrupt:
+        interrupted = True
+        if client is not None and futures:
+            # Running cases stop at their next safe point and say so in their manifest (workers
+            # of a --scheduler cluster would otherwise go on); queued ones return at once.
+            with contextlib.suppress(Exception):
+                Event(cancel_name, client=client).set()
+                wait(list(futures), timeout=CANCEL_GRACE_S)
+            for future, case in futures.items():
+                if case.id not in rows and future.status == "finished":
+                    record(case, future.result())
+            with contextlib.suppress(Exception):
                 client.cancel(list(futures))
     finally:
         if client is not None:
             client.close()
         if local is not None:
             local.close()
-        ordered = [rows.get(c.id) or {"case": c.id, "layout": c.layout, "status": "not run",
+        unfinished = "cancelled" if interrupted else "not run"
+        ordered = [rows.get(c.id) or {"case": c.id, "layout": c.layout, "status": unfinished,
                                       "error": ""} for c in cases]
         table, parquet = write_table(ordered, out)
     counts: dict[str, int] = {}
@@ -174,7 +189,8 @@ def _local_cluster(n_cases: int, spec: ClusterSpec):
         return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                             memory_limit=memory, env=env,
                             resources={"GPU": 1} if spec.gpu else None,
-                            dashboard_address=spec.dashboard, silence_logs=40)
+                            dashboard_address=spec.dashboard or ":0",  # :0, a free port
+                            silence_logs=40)
 
 
 def _result(future, case: Case, out: Path) -> dict:
