@@ -221,36 +221,41 @@ def test_worker_killed_mid_case_is_retried(cohort, tmp_path):
     assert rows[other]["status"] == "done"
 
 
-def test_command_runs_real_steps_and_skips_on_rerun(cohort, tmp_path, capsys):
-    """The command end to end: the real skull-stripping step (deepbet) in a 1-worker LocalCluster,
-    JSON progress on stdout, exit 0; a rerun starts no cluster and skips the finished case."""
+def test_command_json_progress_exit_codes_and_rerun(cohort, tmp_path, capsys, monkeypatch):
+    """The command end to end on a 1-worker LocalCluster (the stand-in steps in place of the
+    registry's, which need minutes): JSON lines on stdout, exit 1 when a case failed, a rerun
+    that starts no cluster, exit 2 for a bad option before anything runs."""
+    import brainbarriers.pipeline
     from brainbarriers.cli.main import main
 
-    folder = cohort / "BraTS2021_00001"
-    listing = tmp_path / "one.csv"
-    listing.write_text("id,t1,t1ce,t2,flair\none," + ",".join(
-        str(folder / f"BraTS2021_00001_{s}.nii.gz") for s in SEQS) + "\n")
+    monkeypatch.setattr(brainbarriers.pipeline, "plan", lambda names: STEPS)
     out = tmp_path / "out"
-    args = ["cohort", str(listing), "--out", str(out), "--steps", "skullstrip", "--device", "cpu",
-            "--workers", "1", "--json-progress"]
-    assert main(args) == 0
+    args = ["cohort", str(cohort), "--out", str(out), "--device", "cpu", "--workers", "1",
+            "--json-progress"]
+    assert main(args) == 1  # the broken case failed
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert events[0] == {"event": "start", "cases": 1, "to_run": 1, "out": str(out)}
-    assert events[-1]["event"] == "done" and events[-1]["counts"] == {"done": 1}
-    manifest = json.loads((out / "one" / "manifest.json").read_text())
-    assert [s["name"] for s in manifest["steps"]] == ["skullstrip"]
-    assert (out / "one" / "brain_mask.nii.gz").exists()
+    assert events[0] == {"event": "start", "cases": 3, "to_run": 3, "out": str(out)}
+    assert events[-1]["event"] == "done" and events[-1]["counts"] == {"done": 2, "failed": 1}
+    finished = {e["case"]: e["status"] for e in events if e["event"] == "case"}
+    assert finished == {"BraTS2021_00001": "done", "BraTS2021_00002": "done",
+                        "BraTS2021_00003": "failed"}
     with (out / "cohort.csv").open() as f:
-        (row,) = list(csv.DictReader(f))
-    assert row["status"] == "done" and 500 < float(row["ml_brain"]) < 2500  # an adult brain
+        assert [r["status"] for r in csv.DictReader(f)] == ["done", "done", "failed"]
 
-    assert main(args) == 0
+    # Rerun over a CSV naming the two good cases' same files: nothing to run, exit 0.
+    listing = tmp_path / "good.csv"
+    listing.write_text("id,t1,t1ce,t2,flair\n" + "".join(
+        f"{c}," + ",".join(str(cohort / c / f"{c}_{s}.nii.gz") for s in SEQS) + "\n"
+        for c in ("BraTS2021_00001", "BraTS2021_00002")))
+    assert main(["cohort", str(listing), *args[2:]]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {"event": "case", "case": "one", "status": "done", "skipped": True} in events
     assert events[0]["to_run"] == 0
+    assert {"event": "case", "case": "BraTS2021_00001", "status": "done", "skipped": True} in events
+    with (out / "cohort.csv").open() as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["done", "done"]
 
-    assert main([*args[:2], "--out", str(out), "--steps", "nope"]) == 2
-    assert "unknown step(s): nope" in capsys.readouterr().err
+    assert main([*args, "--set", "tumor=1"]) == 2
+    assert "expected STEP.KEY=VALUE" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(os.name == "nt", reason="SIGINT to a child")
