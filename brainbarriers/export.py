@@ -1,26 +1,29 @@
-"""Run-level outputs: the all-segments ``.seg.nrrd`` and the ``overview.png`` picture."""
+"""Run-level outputs: the all-segments ``.seg.nrrd`` and the ``overview.png`` picture.
+
+They take volumes, not a pipeline run, so this module does not import the pipeline (which calls
+it): the pipeline hands over its label maps and reference image.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io import atomic_path, save_segmentation
 from .labels import SEGMENTS_BY_OUTPUT
-
-if TYPE_CHECKING:
-    from .pipeline.core import PipelineRun
+from .volume import Volume
 
 
-def write_segmentation(run: PipelineRun, path: Path) -> Path | None:
-    """Every label output of the run as segments of one ``.seg.nrrd`` (one layer per label map)."""
+def write_segmentation(labels: Mapping[str, Volume], path: Path) -> Path | None:
+    """Every label map (product -> volume on the user's grid) as segments of one ``.seg.nrrd``
+    (one layer per label map); None when no segment is present."""
     layers = []
     for product, specs in SEGMENTS_BY_OUTPUT.items():
-        if not run.has(product):
+        if product not in labels:
             continue
-        volume = run.user_grid_volume(product)
+        volume = labels[product]
         present = [(value, spec) for value, spec in specs.items() if np.any(volume.array == value)]
         if present:
             layers.append((volume, present))
@@ -34,27 +37,30 @@ def overlay_colors() -> list[tuple[str, int, tuple[float, float, float]]]:
             for product, specs in SEGMENTS_BY_OUTPUT.items() for value, spec in specs.items()]
 
 
-def write_overview(run: PipelineRun, path: Path) -> Path:
+def write_overview(reference: Volume, labels: Mapping[str, Volume], path: Path, *,
+                   name: str, steps: Sequence[str]) -> Path:
     """Axial, coronal and sagittal slices of the reference sequence with every label outlined or
-    filled, through the tumour's centre when there is one (else the volume's centre)."""
+    filled, through the tumour's centre when there is one (else the volume's centre). The image
+    and the label maps are on the canonical grid (axes run R, A, S); ``name`` and ``steps`` make
+    the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    image = run.get(run.reference).array  # canonical: axes run R, A, S
-    spacing = run.grid.spacing
+    image = reference.array
+    spacing = reference.spacing
     centre = np.array(image.shape) // 2
     for product in ("tumor", "ctv", "brain_mask"):
-        if run.has(product) and np.any(run.get(product).array):
-            centre = np.round(np.argwhere(run.get(product).array > 0).mean(0)).astype(int)
+        if product in labels and np.any(labels[product].array):
+            centre = np.round(np.argwhere(labels[product].array > 0).mean(0)).astype(int)
             break
     lo, hi = np.percentile(image[image > 0] if np.any(image > 0) else image, [1, 99.5])
 
     overlays = []
     for product, value, color in overlay_colors():
-        if run.has(product):
-            overlays.append((run.get(product).array == value, color, product == "brain_mask"))
+        if product in labels:
+            overlays.append((labels[product].array == value, color, product == "brain_mask"))
 
     views = [
         ("axial", lambda a: a[:, :, centre[2]], (spacing[0], spacing[1])),
@@ -78,7 +84,7 @@ def write_overview(run: PipelineRun, path: Path) -> Path:
                 ax.imshow(rgba, origin="lower", aspect=sy / sx, interpolation="nearest")
         ax.set_title(title, color="white")
         ax.axis("off")
-    fig.suptitle(f"{run.out.name}: {', '.join(s.name for s in run.steps)}", color="white")
+    fig.suptitle(f"{name}: {', '.join(steps)}", color="white")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, facecolor="black", format="png")

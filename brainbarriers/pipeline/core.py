@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import Cancelled, InputError
+from ..export import write_overview, write_segmentation
 from ..geometry import canonical_grid, grids_overlap, reorient_to, resample_to, to_canonical
 from ..io import (
     atomic_path,
@@ -34,6 +35,7 @@ from ..io import (
     save_volume,
     sha256_file,
 )
+from ..labels import SEGMENTS_BY_OUTPUT
 from ..volume import Grid, Volume
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair", "ct")
@@ -450,8 +452,6 @@ class PipelineRun:
         return self.volumes[self.reference].with_array(back.array)
 
     def _export(self) -> dict[str, Path]:
-        from ..export import write_overview, write_segmentation
-
         # Earlier runs' files were removed at the start: what is written here is this run's.
         written: dict[str, Path] = {}
         for product, filename in FINAL_OUTPUTS.items():
@@ -462,10 +462,14 @@ class PipelineRun:
                 written[product] = save_volume(
                     self.user_grid_volume(product), self.out / f"{product}.nii.gz"
                 )
-        seg = write_segmentation(self, self.out / "segmentation.seg.nrrd")
+        label_maps = [p for p in SEGMENTS_BY_OUTPUT if self.has(p)]
+        seg = write_segmentation({p: self.user_grid_volume(p) for p in label_maps},
+                                 self.out / "segmentation.seg.nrrd")
         if seg is not None:
             written["segmentation"] = seg
-        written["overview"] = write_overview(self, self.out / "overview.png")
+        written["overview"] = write_overview(
+            self.get(self.reference), {p: self.get(p) for p in label_maps},
+            self.out / "overview.png", name=self.out.name, steps=[s.name for s in self.steps])
         return written
 
     def _write_manifest(self, status: str) -> None:
