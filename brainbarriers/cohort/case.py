@@ -4,6 +4,7 @@ the case's summary row (status, timings, warnings, volumes in ml, Dice/HD95 agai
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import traceback
@@ -50,6 +51,7 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
     finally:
         stop_watch()
     row["seconds"] = round(time.time() - started, 3)
+    row["peak_rss_mb"] = _peak_rss_mb()
     manifest = _read_manifest(Path(out))
     row.update(manifest_columns(manifest))
     if row["status"] == "done":
@@ -127,6 +129,16 @@ def _read_manifest(out: Path) -> dict:
 def _last_frames(e: BaseException, n: int = 3) -> str:
     frames = traceback.extract_tb(e.__traceback__)[-n:]
     return " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+
+
+def _peak_rss_mb() -> float | None:
+    """The worker process's peak memory so far (its lifetime's, so at least this case's)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)  # bytes vs KiB
 
 
 def _worker_address() -> str:
