@@ -167,6 +167,12 @@ def test_cohort_on_two_workers_broken_case_table_and_rerun(cohort, tmp_path):
     parquet = pq.read_table(out / "cohort.parquet").to_pydict()
     assert parquet["status"] == ["done", "done", "failed"] and parquet["dice_WT"][0] == 1.0
 
+    page = (out / "cohort.html").read_text()
+    assert "Failed cases" in page and "BraTS2021_00003_t1.nii.gz" in page
+    assert "<h2>Dice</h2><img src='data:image/png;base64," in page and "<h2>Volume (ml)</h2>" in page
+    worst = page[page.index("Worst cases (lowest whole-tumour Dice)"):]
+    assert worst.index("BraTS2021_00002") < worst.index("BraTS2021_00001")  # the shifted truth
+
     # Rerun: the finished cases are not run again (their run folders untouched); the broken
     # case is tried again and fails again.
     stamp = (out / "BraTS2021_00001" / "manifest.json").stat().st_mtime_ns
@@ -317,3 +323,19 @@ def test_ctrl_c_cancels_cleanly_and_a_rerun_picks_up(cohort, tmp_path):
     assert result.counts == {"done": 2, "failed": 1}
     assert json.loads((out / held / "manifest.json").read_text())["status"] == "done"
     assert not [p for p in out.rglob("*") if ".part" in p.name]
+
+
+def test_progress_bar_shows_each_running_cases_step(capsys):
+    from brainbarriers.cli.cohort import CohortProgress
+
+    bar = CohortProgress(3)
+    bar({"event": "start", "cases": 3, "to_run": 3, "out": "x"})
+    bar({"event": "step", "case": "a", "step": "tumor", "status": "running"})
+    bar({"event": "step", "case": "b", "step": "skullstrip", "status": "running"})
+    assert bar._bar.postfix == "a:tumor b:skullstrip"
+    bar({"event": "case", "case": "a", "status": "done", "error": ""})
+    bar({"event": "case", "case": "c", "status": "failed", "error": "input: bad"})
+    assert bar._bar.n == 2 and bar._bar.postfix == "b:skullstrip"
+    bar({"event": "done", "counts": {"done": 1, "failed": 1}, "table": "t.csv", "report": "r"})
+    err = capsys.readouterr().err
+    assert "c: failed input: bad" in err and "1 done, 1 failed; table: t.csv" in err

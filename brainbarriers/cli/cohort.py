@@ -37,7 +37,8 @@ class CohortProgress:
             elif kind == "done":
                 self._bar.close()
                 counts = ", ".join(f"{n} {s}" for s, n in event["counts"].items())
-                print(f"{counts}; table: {event['table']}", file=sys.stderr)
+                print(f"{counts}; table: {event['table']}, report: {event['report']}",
+                      file=sys.stderr)
                 return
             if self._running:
                 shown = list(self._running.items())[:4]

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import Cancelled
+from ..errors import Cancelled, InputError
 from ..io import atomic_path
 from ..pipeline.core import MANIFEST, Step, check_options
 from .case import PROGRESS_TOPIC, run_case
 from .discover import Case
+from .report import write_report
 
 ROWS = "rows"  # OUT/rows/<case>.json: each finished case's row, read back by a rerun
 TABLE = "cohort"  # OUT/cohort.csv and OUT/cohort.parquet
@@ -130,7 +131,10 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
     try:
         if todo:
             if cluster.scheduler:
-                client = Client(cluster.scheduler)
+                try:
+                    client = Client(cluster.scheduler)
+                except OSError as e:
+                    raise InputError(None, f"--scheduler {cluster.scheduler}: {e}") from None
             else:
                 local = _local_cluster(len(todo), cluster)
                 client = Client(local)
@@ -166,10 +170,11 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
         ordered = [rows.get(c.id) or {"case": c.id, "layout": c.layout, "status": unfinished,
                                       "error": ""} for c in cases]
         table, parquet = write_table(ordered, out)
+        report = write_report(ordered, out)
     counts: dict[str, int] = {}
     for row in ordered:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    emit({"event": "done", "counts": counts, "table": str(table)})
+    emit({"event": "done", "counts": counts, "table": str(table), "report": str(report)})
     if interrupted:
         raise Cancelled("cohort cancelled; finished cases are kept, a rerun picks up")
     return CohortResult(ordered, table, parquet, counts)
