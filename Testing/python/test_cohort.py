@@ -157,6 +157,13 @@ def test_cohort_on_two_workers_broken_case_table_and_rerun(cohort, tmp_path):
     manifest = json.loads((out / "BraTS2021_00001" / "manifest.json").read_text())
     assert manifest["status"] == "done" and (out / "BraTS2021_00001" / "tumor.nii.gz").exists()
     assert [e["case"] for e in events if e["event"] == "case"].count("BraTS2021_00002") == 1
+    # The workers' step events reach the client (before the case's end: one stream, in order).
+    steps = [(e["case"], e["step"], e["status"]) for e in events if e["event"] == "step"]
+    assert ("BraTS2021_00001", "tumor", "running") in steps
+    assert ("BraTS2021_00002", "tumor", "done") in steps
+    assert {"event": "warning", "case": "BraTS2021_00001", "step": "tumor",
+            "message": "stand-in tumour step"}.items() <= next(
+        e for e in events if e["event"] == "warning" and e["case"] == "BraTS2021_00001").items()
 
     with (out / "cohort.csv").open() as f:
         table = list(csv.DictReader(f))

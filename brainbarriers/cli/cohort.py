@@ -45,9 +45,13 @@ class CohortProgress:
                 self._bar.set_postfix_str(" ".join(f"{c}:{s}" for c, s in shown), refresh=True)
 
 
+_STDOUT = threading.Lock()  # worker events arrive on the client's thread, case ends on ours
+
+
 def json_lines(event: dict) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    with _STDOUT:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
 
 
 def _run(args: argparse.Namespace) -> int:

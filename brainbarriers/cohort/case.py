@@ -22,11 +22,12 @@ PROGRESS_TOPIC = "brainbarriers-cohort"
 
 def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
              reference: str | None = None, device: str = "auto",
-             cancel_event: str | None = None) -> dict:
+             cancel_event: str | None = None, topic: str = PROGRESS_TOPIC) -> dict:
     """Run ``steps`` on ``case`` into ``out``; never raises for the case's own failures (bad input,
     a crash in a step): they are the row's ``status`` and ``error``. A killed worker is Dask's to
     retry. ``cancel_event``: the name of a ``distributed.Event`` that, once set, stops the run at
-    its next safe point (for clusters whose workers outlive the client)."""
+    its next safe point (for clusters whose workers outlive the client). ``topic``: where the
+    progress goes (one per cohort run, so that runs sharing a scheduler do not mix)."""
     started = time.time()
     row: dict = {"case": case.id, "layout": case.layout, "status": "failed", "error": "",
                  "out": out, "worker": _worker_address()}
@@ -39,7 +40,7 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
         if case.problems:
             raise InputError(None, "; ".join(case.problems))
         run = PipelineRun(case.inputs, out, steps, reference=reference, device=device,
-                          options=options, on_event=_forward(case.id), cancel=token)
+                          options=options, on_event=_forward(case.id, topic), cancel=token)
         run.run()
         row["status"] = "done"
     except InputError as e:
@@ -150,7 +151,7 @@ def _worker_address() -> str:
         return ""
 
 
-def _forward(case_id: str) -> Callable[[ProgressEvent], None]:
+def _forward(case_id: str, topic: str) -> Callable[[ProgressEvent], None]:
     """Step starts and ends, and warnings, sent to the client (``Client.subscribe_topic``); the
     fine-grained progress stays in the worker, to keep the scheduler's traffic small."""
     try:
@@ -162,7 +163,7 @@ def _forward(case_id: str) -> Callable[[ProgressEvent], None]:
 
     def send(event: ProgressEvent) -> None:
         if event.event in ("step", "warning"):
-            worker.log_event(PROGRESS_TOPIC, {"case": case_id, "event": event.event,
+            worker.log_event(topic, {"case": case_id, "event": event.event,
                                               "step": event.step, "message": event.message,
                                               **event.data})
     return send

@@ -138,12 +138,13 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
             else:
                 local = _local_cluster(len(todo), cluster)
                 client = Client(local)
-            client.subscribe_topic(PROGRESS_TOPIC, lambda item: emit(item[1]))
+            topic = f"{PROGRESS_TOPIC}-{uuid.uuid4().hex}"
+            client.subscribe_topic(topic, lambda item: emit(item[1]))
             resources = {"GPU": 1} if cluster.gpu else None
             futures = {
                 client.submit(run_case, case, str(out / case.id), steps, options, reference,
-                              device, cancel_name, key=f"case-{case.id}-{uuid.uuid4().hex[:8]}",
-                              pure=False, resources=resources): case
+                              device, cancel_name, topic, pure=False, resources=resources,
+                              key=f"case-{case.id}-{uuid.uuid4().hex[:8]}"): case
                 for case in todo
             }
             for future in as_completed(futures):
