@@ -128,8 +128,15 @@ def test_cohort_on_two_workers_broken_case_table_and_rerun(cohort, tmp_path):
     out = tmp_path / "out"
     cases = find_cohort(cohort)
     events = []
-    result = run_cohort(cases, out, STEPS, device="cpu", cluster=two_workers(),
+    # --gpu: the network steps (the stand-in tumour step among them) take turns, even on CPU.
+    options = {"tumor": {"log": str(tmp_path / "tumor_times")}}
+    spec = two_workers()
+    spec.gpu = True
+    result = run_cohort(cases, out, STEPS, options=options, device="cpu", cluster=spec,
                         on_event=events.append)
+    (a0, a1), (b0, b1) = sorted(tuple(map(float, line.split()))
+                                for line in (tmp_path / "tumor_times").read_text().splitlines())
+    assert a1 <= b0  # one after the other, though two workers ran the two cases
     rows = {r["case"]: r for r in result.rows}
     assert [rows[c]["status"] for c in sorted(rows)] == ["done", "done", "failed"]
     assert result.counts == {"done": 2, "failed": 1}
@@ -183,7 +190,7 @@ def test_cohort_on_two_workers_broken_case_table_and_rerun(cohort, tmp_path):
     # Rerun: the finished cases are not run again (their run folders untouched); the broken
     # case is tried again and fails again.
     stamp = (out / "BraTS2021_00001" / "manifest.json").stat().st_mtime_ns
-    again = run_cohort(cases, out, STEPS, device="cpu", cluster=two_workers())
+    again = run_cohort(cases, out, STEPS, options=options, device="cpu", cluster=two_workers())
     rows = {r["case"]: r for r in again.rows}
     assert not rows["BraTS2021_00001"]["ran"] and not rows["BraTS2021_00002"]["ran"]
     assert rows["BraTS2021_00001"]["dice_WT"] == 1.0
@@ -192,11 +199,11 @@ def test_cohort_on_two_workers_broken_case_table_and_rerun(cohort, tmp_path):
 
     # Other options, or a changed input, make a finished case due again.
     case = next(c for c in cases if c.id == "BraTS2021_00001")
-    assert finished_row(case, out, STEPS, {}) is not None
-    assert finished_row(case, out, STEPS, {"tumor": {"x": 1}}) is None
-    assert finished_row(case, out, STEPS[:1], {}) is None
-    os.utime(case.inputs["t2"])
+    assert finished_row(case, out, STEPS, options) is not None
     assert finished_row(case, out, STEPS, {}) is None
+    assert finished_row(case, out, STEPS[:1], options) is None
+    os.utime(case.inputs["t2"])
+    assert finished_row(case, out, STEPS, options) is None
 
 
 @pytest.mark.skipif(not hasattr(os, "kill") or os.name == "nt", reason="SIGKILL")

@@ -103,8 +103,9 @@ def add_parser(sub) -> None:
     dask.add_argument("--retries", type=int, default=2,
                       help="times a case is retried after its worker died (default 2)")
     dask.add_argument("--gpu", action="store_true",
-                      help="each case asks for the worker resource GPU=1 (start GPU workers with "
-                      "`--resources GPU=1`); a LocalCluster gives each worker one")
+                      help="the network steps (skullstrip, tumor, barriers) take turns on each "
+                      "GPU (one at a time per host and CUDA_VISIBLE_DEVICES) while the other "
+                      "cases' CPU steps go on")
     dask.add_argument("--dashboard", default=None, metavar=":PORT",
                       help="serve the LocalCluster's Dask dashboard, e.g. :8787")
     p.set_defaults(func=_run)

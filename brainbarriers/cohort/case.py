@@ -3,7 +3,10 @@ the case's summary row (status, timings, warnings, volumes in ml, Dice/HD95 agai
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import socket
 import sys
 import threading
 import time
@@ -18,16 +21,20 @@ from ..pipeline.core import FINAL_OUTPUTS, MANIFEST, CancelToken, PipelineRun, P
 from .discover import Case
 
 PROGRESS_TOPIC = "brainbarriers-cohort"
+# The steps that run a network on the run's device (the others are CPU work).
+NETWORK_STEPS = frozenset({"skullstrip", "tumor", "barriers"})
 
 
 def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
              reference: str | None = None, device: str = "auto",
-             cancel_event: str | None = None, topic: str = PROGRESS_TOPIC) -> dict:
+             cancel_event: str | None = None, topic: str = PROGRESS_TOPIC,
+             gpu_turns: bool = False) -> dict:
     """Run ``steps`` on ``case`` into ``out``; never raises for the case's own failures (bad input,
     a crash in a step): they are the row's ``status`` and ``error``. A killed worker is Dask's to
     retry. ``cancel_event``: the name of a ``distributed.Event`` that, once set, stops the run at
     its next safe point (for clusters whose workers outlive the client). ``topic``: where the
-    progress goes (one per cohort run, so that runs sharing a scheduler do not mix)."""
+    progress goes (one per cohort run, so that runs sharing a scheduler do not mix).
+    ``gpu_turns``: the network steps take turns on the worker's GPU (``take_gpu_turns``)."""
     started = time.time()
     row: dict = {"case": case.id, "layout": case.layout, "status": "failed", "error": "",
                  "out": out, "worker": _worker_address()}
@@ -39,6 +46,8 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
     try:
         if case.problems:
             raise InputError(None, "; ".join(case.problems))
+        if gpu_turns:
+            steps = take_gpu_turns(steps)
         run = PipelineRun(case.inputs, out, steps, reference=reference, device=device,
                           options=options, on_event=_forward(case.id, topic), cancel=token)
         run.run()
@@ -63,6 +72,35 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
         except Exception as e:  # the outputs are there; a summary that cannot be read is noted
             row["error"] = f"summary: {type(e).__name__}: {e}"
     return row
+
+
+def gpu_name() -> str:
+    """One name per GPU: the host and the GPUs its process sees (workers pinned to different GPUs
+    with CUDA_VISIBLE_DEVICES take turns on their own one)."""
+    return (f"brainbarriers-gpu-{socket.gethostname()}-"
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}")
+
+
+def take_gpu_turns(steps: list[Step]) -> list[Step]:
+    """The network steps wrapped to hold a lease of a cluster-wide ``distributed.Semaphore`` (one
+    lease per GPU) while they run: on a GPU machine they queue for the GPU while the CPU steps of
+    other cases go on. The step keys do not change (a step's key does not hold its function)."""
+    from distributed import Semaphore
+
+    gpu = Semaphore(max_leases=1, name=gpu_name())
+
+    def wrap(run: Callable) -> Callable:
+        def run_on_gpu(ctx):
+            while not gpu.acquire(timeout=1.0):  # waiting, yet still cancellable
+                ctx.check_cancel()
+            try:
+                return run(ctx)
+            finally:
+                gpu.release()
+        return run_on_gpu
+
+    return [dataclasses.replace(s, run=wrap(s.run)) if s.name in NETWORK_STEPS else s
+            for s in steps]
 
 
 def manifest_columns(manifest: dict) -> dict:

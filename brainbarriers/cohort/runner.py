@@ -40,7 +40,7 @@ class ClusterSpec:
     threads_per_worker: int = 1
     memory_limit: str | int | None = None  # per worker; None: the machine's memory / workers
     retries: int = 2  # reruns of a case whose worker died under it
-    gpu: bool = False  # cases ask for the worker resource GPU=1
+    gpu: bool = False  # network steps take turns on each GPU (case.gpu_turns)
     dashboard: str | None = None  # e.g. ":8787"; None: no dashboard
 
 
@@ -140,10 +140,9 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
                 client = Client(local)
             topic = f"{PROGRESS_TOPIC}-{uuid.uuid4().hex}"
             client.subscribe_topic(topic, lambda item: emit(item[1]))
-            resources = {"GPU": 1} if cluster.gpu else None
             futures = {
                 client.submit(run_case, case, str(out / case.id), steps, options, reference,
-                              device, cancel_name, topic, pure=False, resources=resources,
+                              device, cancel_name, topic, cluster.gpu, pure=False,
                               key=f"case-{case.id}-{uuid.uuid4().hex[:8]}"): case
                 for case in todo
             }
@@ -194,7 +193,6 @@ def _local_cluster(n_cases: int, spec: ClusterSpec):
     with dask.config.set({"distributed.scheduler.allowed-failures": spec.retries}):
         return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                             memory_limit=memory, env=env,
-                            resources={"GPU": 1} if spec.gpu else None,
                             dashboard_address=spec.dashboard or ":0",  # :0, a free port
                             silence_logs=40)
 
