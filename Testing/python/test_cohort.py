@@ -16,7 +16,7 @@ import pytest
 from cohort_standins import STEPS, marker_case, tumour_rule
 
 from brainbarriers.cohort import ClusterSpec, find_cohort, run_cohort
-from brainbarriers.cohort.runner import finished_row
+from brainbarriers.cohort.runner import finished_row, local_cluster_size
 from brainbarriers.errors import InputError
 from brainbarriers.io import save_volume
 
@@ -353,3 +353,15 @@ def test_progress_bar_shows_each_running_cases_step(capsys):
     bar({"event": "done", "counts": {"done": 1, "failed": 1}, "table": "t.csv", "report": "r"})
     err = capsys.readouterr().err
     assert "c: failed input: bad" in err and "1 done, 1 failed; table: t.csv" in err
+
+
+def test_local_cluster_size_from_cores_memory_and_cases(monkeypatch):
+    import psutil
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"total": 24 * 2**30}))
+    assert local_cluster_size(100, ClusterSpec()) == (6, 1, 2)  # memory: 4 GB a case
+    assert local_cluster_size(3, ClusterSpec()) == (3, 1, 5)  # no more workers than cases
+    assert local_cluster_size(100, ClusterSpec(workers=2, threads_per_worker=2)) == (2, 2, 4)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"total": 2**30}))
+    assert local_cluster_size(100, ClusterSpec()) == (1, 1, 16)

@@ -43,6 +43,7 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
     if token.cancelled:  # queued when the cohort was cancelled: touch nothing
         stop_watch()
         return {**row, "status": "cancelled", "seconds": 0.0}
+    ran = False  # the run folder's manifest is this attempt's only once the run started
     try:
         if case.problems:
             raise InputError(None, "; ".join(case.problems))
@@ -50,6 +51,7 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
             steps = take_gpu_turns(steps)
         run = PipelineRun(case.inputs, out, steps, reference=reference, device=device,
                           options=options, on_event=_forward(case.id, topic), cancel=token)
+        ran = True
         run.run()
         row["status"] = "done"
     except InputError as e:
@@ -62,7 +64,7 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
         stop_watch()
     row["seconds"] = round(time.time() - started, 3)
     row["peak_rss_mb"] = _peak_rss_mb()
-    manifest = _read_manifest(Path(out))
+    manifest = _read_manifest(Path(out)) if ran else {}
     row.update(manifest_columns(manifest))
     if row["status"] == "done":
         try:

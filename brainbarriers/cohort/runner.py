@@ -30,7 +30,9 @@ ROWS = "rows"  # OUT/rows/<case>.json: each finished case's row, read back by a 
 TABLE = "cohort"  # OUT/cohort.csv and OUT/cohort.parquet
 FIRST_COLUMNS = ["case", "status", "error", "layout", "seconds", "n_warnings"]
 CANCEL_GRACE_S = 20  # how long Ctrl-C waits for running cases to stop at a safe point
-MEMORY_PER_CASE = 4 * 2**30  # a full-resolution case with every step, on CPU (bench_cohort.py)
+# An estimate for a full-resolution case with every step on CPU (bench_cohort.py measures it);
+# what --memory-limit overrides.
+MEMORY_PER_CASE = 4 * 2**30
 
 
 @dataclass
@@ -40,8 +42,8 @@ class ClusterSpec:
     threads_per_worker: int = 1
     memory_limit: str | int | None = None  # per worker; None: the machine's memory / workers
     retries: int = 2  # reruns of a case whose worker died under it
-    gpu: bool = False  # network steps take turns on each GPU (case.gpu_turns)
-    dashboard: str | None = None  # e.g. ":8787"; None: no dashboard
+    gpu: bool = False  # network steps take turns on each GPU (case.take_gpu_turns)
+    dashboard: str | None = None  # e.g. ":8787"; None: on a free port
 
 
 @dataclass
