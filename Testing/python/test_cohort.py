@@ -350,6 +350,8 @@ def test_progress_bar_shows_each_running_cases_step(capsys):
     bar({"event": "case", "case": "a", "status": "done", "error": ""})
     bar({"event": "case", "case": "c", "status": "failed", "error": "input: bad"})
     assert bar._bar.n == 2 and bar._bar.postfix == "b:skullstrip"
+    bar({"event": "step", "case": "a", "step": "ctv", "status": "running"})  # late, from a worker
+    assert bar._bar.postfix == "b:skullstrip"
     bar({"event": "done", "counts": {"done": 1, "failed": 1}, "table": "t.csv", "report": "r"})
     err = capsys.readouterr().err
     assert "c: failed input: bad" in err and "1 done, 1 failed; table: t.csv" in err

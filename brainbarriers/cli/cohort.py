@@ -19,6 +19,7 @@ class CohortProgress:
 
         self._bar = tqdm(total=total, desc="cases", unit="case", file=sys.stderr)
         self._running: dict[str, str] = {}
+        self._finished: set[str] = set()  # a worker's late step event must not bring one back
         self._lock = threading.Lock()  # events come from the client's thread too
 
     def __call__(self, event: dict) -> None:
@@ -26,11 +27,13 @@ class CohortProgress:
             kind = event.get("event")
             if kind == "case":
                 self._running.pop(event["case"], None)
+                self._finished.add(event["case"])
                 self._bar.update(1)
                 if event["status"] != "done":
                     self._bar.write(f"{event['case']}: {event['status']} {event.get('error', '')}",
                                     file=sys.stderr)
-            elif kind == "step" and event.get("status") == "running":
+            elif (kind == "step" and event.get("status") == "running"
+                  and event["case"] not in self._finished):
                 self._running[event["case"]] = event["step"]
             elif kind == "warning":
                 self._bar.write(f"{event['case']}: warning: {event['message']}", file=sys.stderr)
