@@ -96,8 +96,9 @@ def _worst(rows: list[dict], out: Path) -> str:
     for row in ranked[:WORST]:
         picture = out / row["case"] / "overview.png"
         if picture.is_file():
-            figures = {k: row[k] for k in row if k.startswith("dice_") or k == "n_warnings"}
-            parts.append(f"<h3>{html.escape(row['case'])}: {html.escape(str(figures))}</h3>"
+            figures = ", ".join(f"{k} {row[k]}" for k in row
+                                if k.startswith("dice_") or k == "n_warnings")
+            parts.append(f"<h3>{html.escape(row['case'])}: {html.escape(figures)}</h3>"
                          + _img(picture.read_bytes()))
     return f"<h2>Worst cases ({label})</h2>" + "".join(parts) if parts else ""
 
