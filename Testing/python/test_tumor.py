@@ -7,6 +7,7 @@ phantom's truth) and the skull-stripped sequences, so the tumour step runs as th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,6 +222,36 @@ def test_demo_model_on_the_1mm_demo_case_resamples_to_its_spacing():
     wt = dice(pred.array > 0, truth.array > 0)
     print(f"\ndemo model on the 1 mm demo case (via 2 mm): Dice WT {wt:.3f}")
     assert wt >= 0.75
+
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+# Below what the default model scores on these cases without flips (WT 0.667-0.846, TC 0.650-0.750,
+# ET 0.690-0.722), above the phantom package on the harder one (WT 0.47, TC 0.44).
+WT_MIN, TC_MIN, ET_MIN = 0.62, 0.60, 0.60
+
+
+@pytest.mark.skipif(not (SHARED / "brats18").is_dir(), reason="shared/data/brats18 not found")
+def test_default_model_on_real_held_out_cases():
+    """The default model on two real BraTS cases it never trained on (its manifest's held-out
+    cases), as the step runs it but without flips: WT, TC and ET found, none invented."""
+    from brainbarriers.metrics import brats_scores
+    from brainbarriers.tumor.step import DEFAULT_MODEL
+    from brainbarriers.tumor.train import find_cases, load_case_volumes
+
+    pkg = load_package(DEFAULT_MODEL)
+    assert "demo" not in pkg.name and pkg.manifest["training"]["cases"]
+    held_out = pkg.manifest["training"]["folds"][0]["val_cases"]
+    trained = {c for f in pkg.manifest["training"]["folds"] for c in f["train_cases"]}
+    assert not set(held_out) & trained
+    ids = [c for c in held_out if (SHARED / "brats18" / c).is_dir()][:2]
+    assert len(ids) == 2
+    for cid in ids:
+        vols, mask, truth = load_case_volumes(find_cases(SHARED / "brats18" / cid)[0])
+        scores = brats_scores(segment(vols, mask, pkg, tta=False), truth)
+        print(f"\n{pkg.name} on held-out {cid}: " + ", ".join(
+            f"{k} {v['dice']:.3f}" for k, v in scores.items()))
+        assert scores["WT"]["dice"] >= WT_MIN and scores["TC"]["dice"] >= TC_MIN
+        assert scores["ET"]["dice"] >= ET_MIN
 
 
 def test_missing_extra_and_incompatible_inputs(small_case_dir, small_case, tmp_path):

@@ -2,8 +2,9 @@
 skull-stripped sequences and the brain mask.
 
 Options (``--set tumor.KEY=VALUE``):
-- ``model``: a model package folder, zip or installed name (default: the shipped demo package
-  ``demo-hnfnetv2-phantom``, trained on synthetic phantoms: demo only);
+- ``model``: a model package folder, zip or installed name (default: the shipped
+  ``brats-hnfnetv2-cpu``, trained on real BraTS cases; ``demo-hnfnetv2-phantom`` is the
+  phantom-trained demo package);
 - ``tta`` (true): test-time augmentation with the 7 flips plus the identity;
 - ``small_et_ml`` (the package's value, else 0.2): an enhancing region below this volume becomes
   necrosis;
@@ -22,7 +23,7 @@ from ..models import load_package
 from ..pipeline.core import Step, StepContext, option_flag
 from ..volume import Volume
 
-DEFAULT_MODEL = "demo-hnfnetv2-phantom"
+DEFAULT_MODEL = "brats-hnfnetv2-cpu"
 # The model's input names -> the skull-stripped products of the skullstrip step.
 PRODUCT_OF = {"t1": "t1_brain", "t1ce": "t1ce_brain", "t2": "t2_brain", "flair": "flair_brain"}
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
