@@ -26,30 +26,27 @@ def _mask(ctx):
     return {"brain_mask": ctx.new_volume((ctx.get("t1").array > 0).astype(np.uint8))}
 
 
+def _first_to_claim(marker: str, ctx) -> bool:
+    """True for exactly one case, the first to get here (O_EXCL); it writes its pid and case."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    # Test-only peek at the run folder, so the test knows which case it was.
+    os.write(fd, f"{os.getpid()} {ctx._run.out.name}".encode())
+    os.close(fd)
+    return True
+
+
 def _tumour(ctx):
     marker = ctx.options.get("kill_once")
-    if marker:
-        try:  # O_EXCL: exactly one case, the first to get here, kills its worker, once
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            # Test-only peek at the run folder, so the test knows which case was killed.
-            os.write(fd, f"{os.getpid()} {ctx._run.out.name}".encode())
-            os.close(fd)
-            os.kill(os.getpid(), signal.SIGKILL)
+    if marker and _first_to_claim(marker, ctx):  # that case kills its worker, once
+        os.kill(os.getpid(), signal.SIGKILL)
     hold = ctx.options.get("hold")
-    if hold:
-        try:  # the first case here holds (until cancelled, 60 s at most) so a test can Ctrl-C
-            fd = os.open(hold, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pass
-        else:
-            os.write(fd, f"{os.getpid()} {ctx._run.out.name}".encode())
-            os.close(fd)
-            for _ in range(600):
-                ctx.progress(0.5)  # raises Cancelled once the run is cancelled
-                time.sleep(0.1)
+    if hold and _first_to_claim(hold, ctx):  # holds (until cancelled, 60 s at most) for Ctrl-C
+        for _ in range(600):
+            ctx.progress(0.5)  # raises Cancelled once the run is cancelled
+            time.sleep(0.1)
     log = ctx.options.get("log")
     if log:  # when this step ran (it takes 0.5 s), for the GPU-turns test
         start = time.time()
