@@ -99,6 +99,9 @@ def write_rtstruct(
     ds.ApprovalStatus = "UNAPPROVED"  # generated automatically: a clinician must review it
 
     frame_uid = first.FrameOfReferenceUID
+    # The Frame of Reference module (in the RT Structure Set IOD since 2019): the source's.
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")
     contour_images = []
     for image in source.datasets:
         item = Dataset()

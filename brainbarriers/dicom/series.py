@@ -129,7 +129,7 @@ def write_series(
             ds.SOPClassUID = MR_IMAGE_STORAGE
             ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
             ds.Modality = "MR"
-            ds.ImageType = ["DERIVED", "SECONDARY"]
+            ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
             ds.PatientName, ds.PatientID = patient_name, patient_id
             ds.PatientBirthDate, ds.PatientSex = "", ""
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
@@ -139,6 +139,10 @@ def write_series(
             ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
             ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
             ds.SeriesDescription = description
+            # Type 2/2C attributes the source volume does not tell: present and empty, as the
+            # MR Image IOD allows for unknown values (checked with dciodvfy).
+            ds.Laterality, ds.PatientPosition = "", ""
+            ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "", "", ""
             ds.Manufacturer = "brainbarriers"
             ds.SoftwareVersions = __version__
             ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
