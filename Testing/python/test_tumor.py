@@ -25,6 +25,7 @@ from brainbarriers.pipeline.core import Step
 from brainbarriers.tumor.inference import (
     FLIPS,
     grid_with_spacing,
+    network_passes,
     predict_array,
     relabel_small_et,
     remove_small_components,
@@ -99,6 +100,30 @@ def test_tta_flips_back_and_ensemble_averages():
 
     predict_array([Counter()], x, roi=(16, 12, 8), tta=True)
     assert len(calls) == 8
+
+
+def test_an_ensemble_with_tta_shares_the_flips_out_and_reports_disagreement():
+    passes = network_passes(3, tta=True)
+    assert len(passes) == 8 and sorted(f for _, f in passes) == sorted(FLIPS)
+    assert [k for k, _ in passes] == [0, 0, 0, 1, 1, 1, 2, 2]  # fold k: flips k, k + 3, ...
+    assert network_passes(3, tta=False) == [(0, ()), (1, ()), (2, ())]
+
+    class Constant(torch.nn.Module):  # logit c everywhere on three channels
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+
+        def forward(self, t):
+            return torch.full((t.shape[0], 3) + tuple(t.shape[2:]), self.c)
+
+    x = torch.zeros(1, 8, 8, 8)
+    mean, spread = predict_array([Constant(20.0), Constant(-20.0)], x, roi=(8, 8, 8), tta=True,
+                                 spread=True)
+    assert np.allclose(mean, 0.5, atol=1e-6) and np.allclose(spread, 1.0, atol=1e-5)
+    mean, spread = predict_array([Constant(3.0), Constant(3.0)], x, roi=(8, 8, 8), tta=True,
+                                 spread=True)
+    assert np.allclose(mean, torch.sigmoid(torch.tensor(3.0)).item(), atol=1e-6)
+    assert np.allclose(spread, 0.0, atol=1e-3)
 
 
 def test_small_components_other_than_the_largest_are_removed():
@@ -232,22 +257,22 @@ WT_MIN, TC_MIN, ET_MIN = 0.62, 0.60, 0.60
 
 @pytest.mark.skipif(not (SHARED / "brats18").is_dir(), reason="shared/data/brats18 not found")
 def test_default_model_on_real_held_out_cases():
-    """The default model on two real BraTS cases it never trained on (its manifest's held-out
-    cases), as the step runs it but without flips: WT, TC and ET found, none invented."""
+    """The default model's first fold on two real BraTS cases it never trained on (that fold's
+    held-out cases), as the step runs it but without flips: WT, TC and ET found, none invented."""
     from brainbarriers.metrics import brats_scores
     from brainbarriers.tumor.step import DEFAULT_MODEL
     from brainbarriers.tumor.train import find_cases, load_case_volumes
 
     pkg = load_package(DEFAULT_MODEL)
     assert "demo" not in pkg.name and pkg.manifest["training"]["cases"]
-    held_out = pkg.manifest["training"]["folds"][0]["val_cases"]
-    trained = {c for f in pkg.manifest["training"]["folds"] for c in f["train_cases"]}
-    assert not set(held_out) & trained
-    ids = [c for c in held_out if (SHARED / "brats18" / c).is_dir()][:2]
+    fold = pkg.manifest["training"]["folds"][0]
+    assert not set(fold["val_cases"]) & set(fold["train_cases"])
+    ids = [c for c in fold["val_cases"] if (SHARED / "brats18" / c).is_dir()][:2]
     assert len(ids) == 2
+    net = pkg.build_network(f"fold{fold['fold']}")  # the ensemble's other folds saw these cases
     for cid in ids:
         vols, mask, truth = load_case_volumes(find_cases(SHARED / "brats18" / cid)[0])
-        scores = brats_scores(segment(vols, mask, pkg, tta=False), truth)
+        scores = brats_scores(segment(vols, mask, pkg, tta=False, nets=[net]), truth)
         print(f"\n{pkg.name} on held-out {cid}: " + ", ".join(
             f"{k} {v['dice']:.3f}" for k, v in scores.items()))
         assert scores["WT"]["dice"] >= WT_MIN and scores["TC"]["dice"] >= TC_MIN
@@ -415,6 +440,16 @@ def test_train_resume_gives_the_uninterrupted_run_and_a_package_with_validation(
     assert cli(args + ["--out", str(resumed), "--iterations", "2"]) == 0
     assert cli(args + ["--out", str(resumed), "--iterations", "3"]) == 0
     assert "resumed" in capsys.readouterr().out
+    # Fold 1 trained in a run of its own; naming both folds packages them without retraining.
+    assert cli(args + ["--out", str(straight), "--iterations", "3", "--fold", "1"]) == 0
+    before = (straight / "checkpoints" / "fold0" / "log.jsonl").read_text()
+    assert cli(args + ["--out", str(straight), "--iterations", "3", "--fold", "0,1"]) == 0
+    assert (straight / "checkpoints" / "fold0" / "log.jsonl").read_text() == before
+    both = load_package(straight / "package")
+    assert both.weight_keys == ["fold0", "fold1"]
+    assert set(both.manifest["validation"]["cases"]) == {"BraTS2021_00021", "BraTS-GLI-00022-000"}
+    assert cli(args + ["--out", str(straight), "--fold", "0,2"]) == 2
+    assert "folds run from 0 to 1" in capsys.readouterr().err
     log = [json.loads(line) for line in (resumed / "checkpoints" / "fold0" / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     a, b = load_package(straight / "package"), load_package(resumed / "package")

@@ -45,6 +45,7 @@ SEQUENCE_FLAGS = {s: f"--{s}" for s in SEQUENCES}
 FINAL_OUTPUTS = {
     "brain_mask": "brain_mask.nii.gz",
     "tumor": "tumor.nii.gz",
+    "tumor_uncertainty": "tumor_uncertainty.nii.gz",
     "barriers": "barriers.nii.gz",
     "supervoxels": "supervoxels.nii.gz",
     "supervoxels_merged": "supervoxels_merged.nii.gz",

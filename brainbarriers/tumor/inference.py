@@ -9,8 +9,12 @@
    (``"nonzero-zscore"``, MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``);
 3. the volume is cropped to the brain's box; MONAI's ``sliding_window_inference`` with Gaussian
    blending over windows of the package's ``patch_size``;
-4. test-time augmentation: the identity and the 7 flips over the three axes, averaged (``tta``);
-5. every weights key of the package (its folds) is run and the probabilities averaged;
+4. test-time augmentation: the identity and the 7 flips over the three axes (``tta``);
+5. every weights key of the package (its folds) is run and the probabilities averaged. With TTA and
+   several folds the eight flips are shared out among the folds (fold k runs flips k, k + n, ...),
+   so a fold ensemble costs what one network with TTA costs; ``uncertainty`` is the disagreement
+   between these network passes (twice the standard deviation of a region's probability across
+   them, the largest over the regions: 0 where every pass agrees, 1 where half say yes and half no);
 6. region heads (``output.type == "regions"``, sigmoid per WT/TC/ET channel, in the package's own
    channel order) or label heads (``"labels"``, softmax, ``output.label_map`` class -> BraTS label)
    are turned into BraTS labels 1/2/4; probabilities are resampled back to the input grid first;
@@ -44,11 +48,24 @@ def _forward(net, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def network_passes(n_nets: int, tta: bool) -> list[tuple[int, tuple[int, ...]]]:
+    """(net index, flipped axes) of every network pass: without TTA each net once, unflipped; with
+    TTA the eight flips shared out round-robin among the nets (each net runs at least one)."""
+    if not tta:
+        return [(k, ()) for k in range(n_nets)]
+    if n_nets >= len(FLIPS):
+        return [(k, FLIPS[k % len(FLIPS)]) for k in range(n_nets)]
+    return [(k, flip) for k in range(n_nets) for flip in FLIPS[k::n_nets]]
+
+
 def predict_array(nets: Sequence[torch.nn.Module], x: torch.Tensor, *, roi: Sequence[int],
                   head: str = "regions", tta: bool = True, overlap: float = 0.5,
                   device: str = "cpu", sw_batch: int = 4,
-                  progress: Callable[[float, str], None] | None = None) -> np.ndarray:
-    """Probabilities (K x spatial) for a normalised C x spatial tensor; averaged over nets and flips.
+                  progress: Callable[[float, str], None] | None = None,
+                  spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Probabilities (K x spatial) for a normalised C x spatial tensor, averaged over the network
+    passes (``network_passes``); with ``spread`` also their disagreement (spatial, 0..1: twice the
+    largest standard deviation over the K channels).
 
     Windows go through the network ``sw_batch`` at a time: on CPU a small network runs about 3x
     faster per window in batches of 4 than one by one.
@@ -56,25 +73,28 @@ def predict_array(nets: Sequence[torch.nn.Module], x: torch.Tensor, *, roi: Sequ
     from monai.inferers import sliding_window_inference
 
     x = x.unsqueeze(0).to(device)
-    flips = FLIPS if tta else [()]
-    total = None
-    n, done = len(nets) * len(flips), 0
+    passes = network_passes(len(nets), tta)
+    total = squares = None
     with torch.inference_mode():
-        for net in nets:
-            net.to(device).eval()
-            for flip in flips:
-                xi = torch.flip(x, flip) if flip else x
-                logits = sliding_window_inference(
-                    xi, roi_size=tuple(int(r) for r in roi), sw_batch_size=sw_batch,
-                    predictor=lambda t, net=net: _forward(net, t), overlap=overlap, mode="gaussian",
-                    sw_device=device, device=device)
-                prob = torch.sigmoid(logits) if head == "regions" else torch.softmax(logits, 1)
-                prob = torch.flip(prob, flip) if flip else prob
-                total = prob if total is None else total + prob
-                done += 1
-                if progress is not None:
-                    progress(done / n, f"network pass {done}/{n}")
-    return (total / n)[0].float().cpu().numpy()
+        for done, (k, flip) in enumerate(passes, 1):
+            net = nets[k].to(device).eval()
+            xi = torch.flip(x, flip) if flip else x
+            logits = sliding_window_inference(
+                xi, roi_size=tuple(int(r) for r in roi), sw_batch_size=sw_batch,
+                predictor=lambda t, net=net: _forward(net, t), overlap=overlap, mode="gaussian",
+                sw_device=device, device=device)
+            prob = torch.sigmoid(logits) if head == "regions" else torch.softmax(logits, 1)
+            prob = (torch.flip(prob, flip) if flip else prob).float()
+            total = prob if total is None else total + prob
+            if spread:
+                squares = prob * prob if squares is None else squares + prob * prob
+            if progress is not None:
+                progress(done / len(passes), f"network pass {done}/{len(passes)}")
+    mean = total / len(passes)
+    if not spread:
+        return mean[0].cpu().numpy()
+    std = (squares / len(passes) - mean * mean).clamp_(min=0).sqrt_()
+    return mean[0].cpu().numpy(), (2 * std[0].amax(0)).clamp_(max=1).cpu().numpy()
 
 
 def predict_regions_array(nets, x: torch.Tensor, roi=(96, 96, 96), tta: bool = True, **kw) -> np.ndarray:
@@ -151,12 +171,22 @@ def _prepare(images: Sequence[Volume], mask: Volume, kind: str, clip) -> np.ndar
     return np.stack([normalise(np.asarray(im.array) * m, m, clip) for im in images]).astype(np.float32)
 
 
-def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPackage, *,
-            tta: bool = True, device: str = "cpu", small_et_ml: float | None = None,
-            min_component_ml: float | None = None, overlap: float = 0.5,
-            nets: Sequence[torch.nn.Module] | None = None,
-            progress: Callable[[float, str], None] | None = None) -> Volume:
-    """BraTS labels (uint8, 0/1/2/4) on the grid of ``brain_mask`` from the package's inputs."""
+def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPackage,
+            **kw) -> Volume:
+    """BraTS labels (uint8, 0/1/2/4) on the grid of ``brain_mask`` from the package's inputs
+    (options as for ``segment_with_uncertainty``)."""
+    return segment_with_uncertainty(images, brain_mask, package, **kw)[0]
+
+
+def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
+                             package: ModelPackage, *, tta: bool = True, device: str = "cpu",
+                             small_et_ml: float | None = None,
+                             min_component_ml: float | None = None, overlap: float = 0.5,
+                             nets: Sequence[torch.nn.Module] | None = None,
+                             progress: Callable[[float, str], None] | None = None
+                             ) -> tuple[Volume, Volume]:
+    """BraTS labels (uint8, 0/1/2/4) and the passes' disagreement (float32, 0..1, zero outside the
+    brain and everywhere when there is a single pass), both on the grid of ``brain_mask``."""
     package.require_inputs(images)
     extra = [s for s in images if s not in package.inputs]
     if extra:
@@ -182,15 +212,18 @@ def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPack
     head = out.get("type", "regions")
     nets = nets if nets is not None else package.networks(device)
     roi = m.get("patch_size", [96, 96, 96])
-    prob = predict_array(nets, crop, roi=roi, head=head, tta=tta, overlap=overlap, device=device,
-                         progress=progress)
-    full = np.zeros((prob.shape[0],) + mask.shape, np.float32)
+    prob, spread = predict_array(nets, crop, roi=roi, head=head, tta=tta, overlap=overlap,
+                                 device=device, progress=progress, spread=True)
+    full = np.zeros((prob.shape[0] + 1,) + mask.shape, np.float32)
     if head == "labels":
         full[0] = 1.0  # background outside the box
-    full[(slice(None),) + box] = prob
+    full[(slice(None, -1),) + box] = prob
+    full[(-1,) + box] = spread
     # Back to the input grid: probabilities (linear), then decisions.
     full = np.stack([onto(Volume(c, grid.affine), ref.grid).array for c in full])
     brain = ref.array > 0
+    uncertainty = ref.with_array(np.clip(full[-1] * brain, 0, 1).astype(np.float32))
+    full = full[:-1]
     if head == "regions":
         ch = {name: full[i] > 0.5 for i, name in enumerate(out["channels"])}
         labels = labels_from_regions(ch["WT"] & brain, ch["TC"] & brain, ch["ET"] & brain)
@@ -210,4 +243,4 @@ def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPack
     if small_et_ml is None:
         small_et_ml = float(post.get("small_et_ml", DEFAULT_SMALL_ET_ML))
     labels = relabel_small_et(labels, ref.voxel_volume_ml, small_et_ml)
-    return ref.with_array(labels.astype(np.uint8))
+    return ref.with_array(labels.astype(np.uint8)), uncertainty

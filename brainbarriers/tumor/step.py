@@ -1,11 +1,14 @@
 """The ``tumor`` pipeline step: BraTS labels (1 necrotic core, 2 oedema, 4 enhancing) from the four
-skull-stripped sequences and the brain mask.
+skull-stripped sequences and the brain mask, and, when the model ran more than one network pass
+(test-time flips, several folds), ``tumor_uncertainty``: where those passes disagree (0..1), so that
+review starts where the model doubts.
 
 Options (``--set tumor.KEY=VALUE``):
 - ``model``: a model package folder, zip or installed name (default: the shipped
   ``brats-hnfnetv2-cpu``, trained on real BraTS cases; ``demo-hnfnetv2-phantom`` is the
   phantom-trained demo package);
-- ``tta`` (true): test-time augmentation with the 7 flips plus the identity;
+- ``tta`` (true): test-time augmentation with the 7 flips plus the identity (shared out among the
+  package's folds, so an ensemble costs what one network with TTA costs);
 - ``small_et_ml`` (the package's value, else 0.2): an enhancing region below this volume becomes
   necrosis;
 - ``min_component_ml`` (the package's value, else 0): tumour components smaller than this, other
@@ -32,7 +35,7 @@ OPTIONS = ("model", "tta", "small_et_ml", "min_component_ml", "overlap", "refine
 
 
 def run(ctx: StepContext) -> dict[str, Volume]:
-    from .inference import segment
+    from .inference import network_passes, segment_with_uncertainty
 
     opts = ctx.options
     package = load_package(opts.get("model", DEFAULT_MODEL))
@@ -52,7 +55,8 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     small = opts.get("small_et_ml")
     min_comp = opts.get("min_component_ml")
     tta = option_flag(opts.get("tta", True), "tumor", "tta")
-    labels = segment(images, ctx.get("brain_mask"), package, tta=tta,
+    labels, uncertainty = segment_with_uncertainty(
+                     images, ctx.get("brain_mask"), package, tta=tta,
                      device=ctx.device, small_et_ml=None if small is None else float(small),
                      min_component_ml=None if min_comp is None else float(min_comp),
                      overlap=float(opts.get("overlap", 0.5)),
@@ -74,7 +78,10 @@ def run(ctx: StepContext) -> dict[str, Volume]:
         ctx.warn(f"tumour model {package.name} is a demo model trained on synthetic phantoms; "
                  "clinical use needs weights trained on real data")
     ctx.progress(1.0, "tumour labels done")
-    return {"tumor": ctx.new_volume(labels.array)}
+    out = {"tumor": ctx.new_volume(labels.array)}
+    if len(network_passes(len(package.weight_keys), tta)) > 1:
+        out["tumor_uncertainty"] = ctx.new_volume(uncertainty.array)
+    return out
 
 
 STEP = Step(
@@ -84,6 +91,7 @@ STEP = Step(
     inputs=("brain_mask", "t1_brain", "t1ce_brain", "t2_brain", "flair_brain"),
     optional_inputs=("supervoxels_merged",),
     outputs=("tumor",),
+    optional_outputs=("tumor_uncertainty",),
     labels=("tumor",),
     version="1",
     description="tumour sub-regions (BraTS 1/2/4) by HNF-Netv2 / ConResNet / SegResNet packages",

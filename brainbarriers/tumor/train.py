@@ -239,7 +239,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", type=int, default=None, help="network width (channels at full scale)")
     p.add_argument("--head", default="regions", choices=["regions", "labels"])
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--fold", default="0", help="fold index or 'all'")
+    p.add_argument("--fold", default="0",
+                   help="fold index, several (0,1,2) or 'all'; folds whose checkpoints are "
+                        "finished are not retrained, so folds trained in separate runs (same "
+                        "--out) are packaged together by naming them all")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs (one epoch = each training case sampled once)")
     p.add_argument("--iterations", type=int, default=None, help="iterations per fold (or --epochs)")
@@ -448,6 +451,20 @@ def validate(package_path: Path, cases: list[dict], results: list[dict], tta: bo
     return {"cases": per_case, "mean": mean, "tta": tta}
 
 
+def parse_folds(text: str, n_folds: int) -> list[int]:
+    """``--fold``: "all", one index or a comma-separated list of indices below ``n_folds``."""
+    if text == "all":
+        return list(range(n_folds))
+    try:
+        folds = sorted({int(f) for f in text.split(",")})
+    except ValueError:
+        raise InputError(None, f"--fold {text!r}: give a fold index, a list like 0,1,2 or 'all'"
+                         ) from None
+    if not folds or folds[0] < 0 or folds[-1] >= n_folds:
+        raise InputError(None, f"--fold {text!r}: folds run from 0 to {n_folds - 1}")
+    return folds
+
+
 def main(args: argparse.Namespace) -> int:
     import torch
 
@@ -468,7 +485,7 @@ def main(args: argparse.Namespace) -> int:
             device = f"cuda:{local}"
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     cases = find_cases(args.data)
-    folds = range(min(args.folds, len(cases))) if args.fold == "all" else [int(args.fold)]
+    folds = parse_folds(args.fold, min(args.folds, len(cases)))
     n_train = len(kfold(len(cases), args.folds, 0, args.seed)[0])
     cfg = resolve_config(args, n_train)
     if rank == 0:
