@@ -371,6 +371,10 @@ class BrainBarriersWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 seg = job.nodes.get("segmentation")
                 if seg is not None:
                     seg.CreateClosedSurfaceRepresentation()
+                uncertainty = job.nodes.get("tumor_uncertainty")
+                if uncertainty is not None:  # review starts where the tumour model doubts
+                    slicer.util.setSliceViewerLayers(foreground=uncertainty,
+                                                     foregroundOpacity=0.4)
 
 
 #

@@ -28,9 +28,14 @@ from brainbarriers.io import load_volume, save_volume
 from brainbarriers.labels import SEGMENTS_BY_OUTPUT, SegmentSpec
 from brainbarriers.volume import Volume
 
-# Products imported as segmentation layers, in this order; supervoxel maps become labelmap volumes.
+# Products imported as segmentation layers, in this order; supervoxel maps become labelmap volumes;
+# the tumour model's uncertainty (0..1) a scalar volume to overlay.
 SEGMENTATION_PRODUCTS = ("brain_mask", "tumor", "barriers", "ctv")
 LABELMAP_PRODUCTS = ("supervoxels", "supervoxels_merged")
+SCALAR_PRODUCTS = ("tumor_uncertainty",)
+# Slicer's file colour tables have IDs "vtkMRMLColorTableNodeFile<name>.txt"; slicer-core has none.
+UNCERTAINTY_COLORS = "vtkMRMLColorTableNodeFileInferno.txt"
+UNCERTAINTY_SHOWN_FROM = 0.05  # below this the overlay is transparent (the passes agree)
 
 
 class SceneError(Exception):
@@ -302,12 +307,42 @@ def import_labelmap_volume(scene, volume: Volume, reference, name: str):
         raise
 
 
+def import_uncertainty_volume(scene, volume: Volume, reference, name: str):
+    """A 0..1 map (the tumour model's uncertainty) as a scalar volume node on the reference's grid,
+    shown 0 to 1 in a heat colour map, transparent below ``UNCERTAINTY_SHOWN_FROM`` when overlaid."""
+    created = _Created(scene)
+    try:
+        _check_same_grid(volume, reference, name)
+        node = created.add(slicer.vtkMRMLScalarVolumeNode())
+        node.SetName(scene.GenerateUniqueName(name) if hasattr(scene, "GenerateUniqueName")
+                     else name)
+        node.SetAndObserveImageData(_image_data(volume.array.astype(np.float32)))
+        _set_geometry(node, _local_affine(volume.affine, reference) if reference is not None
+                      else volume.affine)
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        display.AutoThresholdOff()
+        display.SetLowerThreshold(UNCERTAINTY_SHOWN_FROM)
+        display.SetUpperThreshold(1.0)
+        display.ApplyThresholdOn()
+        if scene.GetNodeByID(UNCERTAINTY_COLORS) is not None:
+            display.SetAndObserveColorNodeID(UNCERTAINTY_COLORS)
+        _place_beside(scene, node, reference)
+        return node
+    except BaseException:
+        created.rollback()
+        raise
+
+
 def import_outputs(scene, outputs: Mapping[str, str | Path], reference, name: str) -> dict:
     """Import a run's final outputs (product -> file, as in the worker's ``done`` event): one
-    segmentation node with every label output, one labelmap node per supervoxel map. Returns
-    {"segmentation": node or None, product: labelmap node, ...}. All or nothing."""
+    segmentation node with every label output, one labelmap node per supervoxel map, one scalar
+    volume for the tumour model's uncertainty. Returns {"segmentation": node or None, product:
+    node, ...}. All or nothing."""
     volumes = {}
-    for product in SEGMENTATION_PRODUCTS + LABELMAP_PRODUCTS:
+    for product in SEGMENTATION_PRODUCTS + LABELMAP_PRODUCTS + SCALAR_PRODUCTS:
         if product in outputs:
             volumes[product] = load_volume(outputs[product], allow_empty=True)
     result: dict = {"segmentation": None}
@@ -321,6 +356,11 @@ def import_outputs(scene, outputs: Mapping[str, str | Path], reference, name: st
             if product in volumes:
                 result[product] = import_labelmap_volume(scene, volumes[product], reference,
                                                          f"{name} {product}")
+                made.append(result[product])
+        for product in SCALAR_PRODUCTS:
+            if product in volumes:
+                result[product] = import_uncertainty_volume(scene, volumes[product], reference,
+                                                            f"{name} {product}")
                 made.append(result[product])
         return result
     except BaseException:

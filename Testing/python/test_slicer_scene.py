@@ -263,6 +263,32 @@ def test_import_outputs_is_all_or_nothing(scene, tmp_path):
     assert nodes["supervoxels"].IsA("vtkMRMLLabelMapVolumeNode")
 
 
+def test_uncertainty_comes_in_as_a_scalar_overlay_on_the_reference_grid(scene, tmp_path):
+    from brainbarriers.io import save_volume
+
+    reference = _volume_node(scene, _image())
+    affine = _expected_affine()
+    uncertainty = np.zeros(SHAPE, np.float32)
+    uncertainty[3:9, 4:8, 2:5] = 0.75
+    save_volume(Volume(uncertainty, affine), tmp_path / "tumor_uncertainty.nii.gz")
+    nodes = bridge.import_outputs(scene, {"tumor_uncertainty": tmp_path / "tumor_uncertainty.nii.gz"},
+                                  reference, "Run")
+    node = nodes["tumor_uncertainty"]
+    assert node.IsA("vtkMRMLScalarVolumeNode") and not node.IsA("vtkMRMLLabelMapVolumeNode")
+    assert np.allclose(bridge.node_affine(node), affine, atol=1e-5)
+    assert np.array_equal(bridge.node_array(node), uncertainty)
+    display = node.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.05)
+    before = _node_ids(scene)
+    shifted = affine.copy()
+    shifted[:3, 3] += 2.0
+    save_volume(Volume(uncertainty, shifted), tmp_path / "off.nii.gz")
+    with pytest.raises(bridge.SceneError, match="not on the grid"):
+        bridge.import_outputs(scene, {"tumor_uncertainty": tmp_path / "off.nii.gz"}, reference, "X")
+    assert _node_ids(scene) == before
+
+
 # ------------------------------------------------------------------------------ terminology
 def test_every_segment_is_found_in_a_context_slicer_loads():
     """Slicer's Terminologies logic loads the extension's context, and every segment's category

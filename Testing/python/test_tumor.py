@@ -479,3 +479,23 @@ def test_train_refuses_bad_data(tmp_path, capsys):
     save_volume(make_case(1, zoom=4).sequences["flair"], case / "BraTS2021_00001_flair.nii.gz")
     assert cli(["train", "tumor", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o")]) == 2
     assert "lacks BraTS2021_00001_t1.nii.gz" in capsys.readouterr().err
+
+
+def test_review_starts_with_the_regions_where_the_passes_disagree():
+    from brainbarriers.tumor.review import regions_by_uncertainty
+
+    regions = np.zeros((6, 6, 6), np.int32)
+    regions[:2] = 1
+    regions[2:4] = 2
+    regions[4:, :3] = 3
+    regions[4:, 3:] = 7
+    uncertainty = np.zeros(regions.shape, np.float32)
+    uncertainty[regions == 2] = 0.4
+    uncertainty[regions == 7] = 0.9
+    uncertainty[4:, :3, :2] = 0.3  # region 3: mean 0.1
+    ranked = regions_by_uncertainty(regions, uncertainty)
+    assert [r for r, _, _ in ranked] == [7, 2, 3]  # region 1 agrees everywhere: not listed
+    assert ranked[0][1] == pytest.approx(0.9) and ranked[1][2] == 72
+    assert ranked[2][1] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="differ"):
+        regions_by_uncertainty(regions, uncertainty[:5])
