@@ -105,8 +105,13 @@ def test_tta_flips_back_and_ensemble_averages():
 def test_an_ensemble_with_tta_shares_the_flips_out_and_reports_disagreement():
     passes = network_passes(3, tta=True)
     assert len(passes) == 8 and sorted(f for _, f in passes) == sorted(FLIPS)
-    assert [k for k, _ in passes] == [0, 0, 0, 1, 1, 1, 2, 2]  # fold k: flips k, k + 3, ...
+    assert [k for k, _ in passes] == [0, 1, 2, 0, 1, 2, 0, 1]  # pass k: fold k mod 3
     assert network_passes(3, tta=False) == [(0, ()), (1, ()), (2, ())]
+    assert network_passes(3, tta=True, flips=6) == [
+        (0, ()), (1, (2,)), (2, (3,)), (0, (4,)), (1, (2, 3)), (2, (2, 4))]
+    assert network_passes(2, tta=True, flips=1) == [(0, ()), (1, ())]  # each fold runs once
+    with pytest.raises(InputError, match="1 to 8"):
+        network_passes(1, tta=True, flips=9)
 
     class Constant(torch.nn.Module):  # logit c everywhere on three channels
         def __init__(self, c):
@@ -219,6 +224,24 @@ def test_demo_model_through_the_pipeline(tumor_run, small_case_dir):
     print(f"\ndemo model, seed-3 phantom through the pipeline: Dice WT {wt:.3f}")
     assert wt >= 0.80
     assert any("demo model" in w["message"] for w in run.warnings)
+    assert "tumor_uncertainty" not in outputs  # one pass: no disagreement was measured
+
+
+def test_with_flips_the_run_writes_where_the_passes_disagree(small_case_dir, tmp_path):
+    inputs = {s: small_case_dir / f"{s}.nii.gz" for s in SEQ}
+    mask = load_volume(small_case_dir / "brain_mask_truth.nii.gz")
+    run = PipelineRun(inputs, tmp_path / "run", [standin_skullstrip(
+        small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",
+        options={"tumor": {"tta": "true", "tta_flips": "2", "model": "demo-hnfnetv2-phantom"}})
+    outputs = run.run()
+    u = load_volume(outputs["tumor_uncertainty"])
+    assert u.grid.same_as(mask.grid) and u.array.dtype == np.float32
+    assert 0.0 <= u.array.min() and u.array.max() <= 1.0 and u.array.max() > 0.05
+    assert not u.array[mask.array == 0].any()
+    with pytest.raises(InputError, match="tta_flips"):
+        PipelineRun(inputs, tmp_path / "bad", [standin_skullstrip(
+            small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",
+            options={"tumor": {"tta_flips": "many", "model": "demo-hnfnetv2-phantom"}}).run()
 
 
 @pytest.mark.parametrize("seed", [11])

@@ -9,9 +9,10 @@
    (``"nonzero-zscore"``, MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``);
 3. the volume is cropped to the brain's box; MONAI's ``sliding_window_inference`` with Gaussian
    blending over windows of the package's ``patch_size``;
-4. test-time augmentation: the identity and the 7 flips over the three axes (``tta``);
+4. test-time augmentation (``tta``): the identity and the 7 flips over the three axes, or the first
+   ``flips`` of these eight (identity, single-axis flips, then pairs, then all three);
 5. every weights key of the package (its folds) is run and the probabilities averaged. With TTA and
-   several folds the eight flips are shared out among the folds (fold k runs flips k, k + n, ...),
+   several folds the flip variants are shared out among the folds (pass k: fold k mod n, variant k),
    so a fold ensemble costs what one network with TTA costs; ``uncertainty`` is the disagreement
    between these network passes (twice the standard deviation of a region's probability across
    them, the largest over the regions: 0 where every pass agrees, 1 where half say yes and half no);
@@ -48,21 +49,24 @@ def _forward(net, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def network_passes(n_nets: int, tta: bool) -> list[tuple[int, tuple[int, ...]]]:
+def network_passes(n_nets: int, tta: bool, flips: int = len(FLIPS)) -> list[tuple[int, tuple[int, ...]]]:
     """(net index, flipped axes) of every network pass: without TTA each net once, unflipped; with
-    TTA the eight flips shared out round-robin among the nets (each net runs at least one)."""
+    TTA the first ``flips`` of the eight flip variants shared out round-robin among the nets (each
+    net runs at least once)."""
     if not tta:
         return [(k, ()) for k in range(n_nets)]
-    if n_nets >= len(FLIPS):
-        return [(k, FLIPS[k % len(FLIPS)]) for k in range(n_nets)]
-    return [(k, flip) for k in range(n_nets) for flip in FLIPS[k::n_nets]]
+    if not 1 <= flips <= len(FLIPS):
+        raise InputError(None, f"test-time flips: {flips} asked for; 1 to {len(FLIPS)} exist")
+    variants = FLIPS[:flips]
+    return [(k % n_nets, variants[k % flips]) for k in range(max(n_nets, flips))]
 
 
 def predict_array(nets: Sequence[torch.nn.Module], x: torch.Tensor, *, roi: Sequence[int],
                   head: str = "regions", tta: bool = True, overlap: float = 0.5,
                   device: str = "cpu", sw_batch: int = 4,
                   progress: Callable[[float, str], None] | None = None,
-                  spread: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                  spread: bool = False, flips: int = len(FLIPS)
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Probabilities (K x spatial) for a normalised C x spatial tensor, averaged over the network
     passes (``network_passes``); with ``spread`` also their disagreement (spatial, 0..1: twice the
     largest standard deviation over the K channels).
@@ -73,7 +77,7 @@ def predict_array(nets: Sequence[torch.nn.Module], x: torch.Tensor, *, roi: Sequ
     from monai.inferers import sliding_window_inference
 
     x = x.unsqueeze(0).to(device)
-    passes = network_passes(len(nets), tta)
+    passes = network_passes(len(nets), tta, flips)
     total = squares = None
     with torch.inference_mode():
         for done, (k, flip) in enumerate(passes, 1):
@@ -182,7 +186,7 @@ def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
                              package: ModelPackage, *, tta: bool = True, device: str = "cpu",
                              small_et_ml: float | None = None,
                              min_component_ml: float | None = None, overlap: float = 0.5,
-                             nets: Sequence[torch.nn.Module] | None = None,
+                             flips: int = len(FLIPS), nets: Sequence[torch.nn.Module] | None = None,
                              progress: Callable[[float, str], None] | None = None
                              ) -> tuple[Volume, Volume]:
     """BraTS labels (uint8, 0/1/2/4) and the passes' disagreement (float32, 0..1, zero outside the
@@ -213,7 +217,7 @@ def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
     nets = nets if nets is not None else package.networks(device)
     roi = m.get("patch_size", [96, 96, 96])
     prob, spread = predict_array(nets, crop, roi=roi, head=head, tta=tta, overlap=overlap,
-                                 device=device, progress=progress, spread=True)
+                                 device=device, progress=progress, spread=True, flips=flips)
     full = np.zeros((prob.shape[0] + 1,) + mask.shape, np.float32)
     if head == "labels":
         full[0] = 1.0  # background outside the box

@@ -8,7 +8,8 @@ Options (``--set tumor.KEY=VALUE``):
   ``brats-hnfnetv2-cpu``, trained on real BraTS cases; ``demo-hnfnetv2-phantom`` is the
   phantom-trained demo package);
 - ``tta`` (true): test-time augmentation with the 7 flips plus the identity (shared out among the
-  package's folds, so an ensemble costs what one network with TTA costs);
+  package's folds, so an ensemble costs what one network with TTA costs); ``tta_flips`` (8): how
+  many of the eight flip variants to run (fewer is faster);
 - ``small_et_ml`` (the package's value, else 0.2): an enhancing region below this volume becomes
   necrosis;
 - ``min_component_ml`` (the package's value, else 0): tumour components smaller than this, other
@@ -30,12 +31,12 @@ DEFAULT_MODEL = "brats-hnfnetv2-cpu"
 # The model's input names -> the skull-stripped products of the skullstrip step.
 PRODUCT_OF = {"t1": "t1_brain", "t1ce": "t1ce_brain", "t2": "t2_brain", "flair": "flair_brain"}
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
-OPTIONS = ("model", "tta", "small_et_ml", "min_component_ml", "overlap", "refine_supervoxels",
-           "supervoxel_fraction")
+OPTIONS = ("model", "tta", "tta_flips", "small_et_ml", "min_component_ml", "overlap",
+           "refine_supervoxels", "supervoxel_fraction")
 
 
 def run(ctx: StepContext) -> dict[str, Volume]:
-    from .inference import network_passes, segment_with_uncertainty
+    from .inference import FLIPS, network_passes, segment_with_uncertainty
 
     opts = ctx.options
     package = load_package(opts.get("model", DEFAULT_MODEL))
@@ -55,12 +56,17 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     small = opts.get("small_et_ml")
     min_comp = opts.get("min_component_ml")
     tta = option_flag(opts.get("tta", True), "tumor", "tta")
+    try:
+        flips = int(opts.get("tta_flips", len(FLIPS)))
+    except ValueError:
+        raise InputError(None, f"tumor.tta_flips={opts['tta_flips']!r}: give a number from 1 to "
+                         f"{len(FLIPS)}") from None
     labels, uncertainty = segment_with_uncertainty(
-                     images, ctx.get("brain_mask"), package, tta=tta,
-                     device=ctx.device, small_et_ml=None if small is None else float(small),
-                     min_component_ml=None if min_comp is None else float(min_comp),
-                     overlap=float(opts.get("overlap", 0.5)),
-                     progress=lambda f, m: ctx.progress(0.95 * f, m))
+        images, ctx.get("brain_mask"), package, tta=tta, device=ctx.device,
+        small_et_ml=None if small is None else float(small),
+        min_component_ml=None if min_comp is None else float(min_comp),
+        overlap=float(opts.get("overlap", 0.5)), flips=flips,
+        progress=lambda f, m: ctx.progress(0.95 * f, m))
     if option_flag(opts.get("refine_supervoxels", False), "tumor", "refine_supervoxels"):
         if ctx.has("supervoxels_merged"):
             from ..supervoxels.snap import snap_to_supervoxels
@@ -79,7 +85,7 @@ def run(ctx: StepContext) -> dict[str, Volume]:
                  "clinical use needs weights trained on real data")
     ctx.progress(1.0, "tumour labels done")
     out = {"tumor": ctx.new_volume(labels.array)}
-    if len(network_passes(len(package.weight_keys), tta)) > 1:
+    if len(network_passes(len(package.weight_keys), tta, flips)) > 1:
         out["tumor_uncertainty"] = ctx.new_volume(uncertainty.array)
     return out
 
