@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import Cancelled, InputError
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS = ["run", "cohort", "demo", "skullstrip", "train", "supervoxels", "ctv", "export", "models", "evaluate"]
+SUBCOMMANDS = ["run", "cohort", "demo", "skullstrip", "train", "supervoxels", "ctv", "export", "dicom-node", "models", "evaluate"]
 
 EXIT_INPUT = 2
 EXIT_CANCELLED = 130
