@@ -66,7 +66,10 @@ def test_step_uses_only_the_sequences_present(small_case):
     images = [np.where(mask, small_case.sequences["t2"].array, 0)]
     over, merged, record = compute_supervoxels(images, mask, options={"size": 8})
     assert np.array_equal(over > 0, mask) and merged.max() <= over.max()
-    assert record["counts"][0] == over.max()
+    hierarchy = record["hierarchy"]
+    assert hierarchy.n == over.max() and record["regions"] == merged.max()
+    # the merged map is the hierarchy's level at the default count
+    np.testing.assert_array_equal(merged, hierarchy.labels(over, regions=record["regions"]))
 
 
 def test_bad_options_and_missing_sequences_are_input_errors(small_case):

@@ -23,6 +23,6 @@ The margin is a geodesic distance in millimetres inside the brain mask minus the
 
 from __future__ import annotations
 
-from .ctv import DEFAULT_BARRIERS, GTV_LABELS, grow_ctv, gtv_mask
+from .ctv import DEFAULT_BARRIERS, GTV_LABELS, ctv_from_gtv, grow_ctv, gtv_mask
 
-__all__ = ["DEFAULT_BARRIERS", "GTV_LABELS", "grow_ctv", "gtv_mask"]
+__all__ = ["DEFAULT_BARRIERS", "GTV_LABELS", "ctv_from_gtv", "grow_ctv", "gtv_mask"]

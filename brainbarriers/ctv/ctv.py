@@ -76,16 +76,46 @@ def grow_ctv(
         raise InputError(tumor.source or None,
                          f"ctv: the GTV is empty (no tumour voxel with label {', '.join(map(str, chosen))} "
                          f"for gtv={gtv!r}); no CTV is made")
-    brain = _on_grid(brain_mask, tumor, "brain mask", warn).array > 0
+    return ctv_from_gtv(tumor.with_array(gtv_voxels), brain_mask, barriers, margin_mm=margin_mm,
+                        barrier_labels=barrier_labels, warn=warn, check=check)
+
+
+def ctv_from_gtv(
+    gtv: Volume,
+    brain_mask: Volume,
+    barriers: Volume | None = None,
+    *,
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    barrier_labels: Iterable[int] = DEFAULT_BARRIERS,
+    warn: Callable[[str], None] | None = None,
+    check: Callable[[], None] | None = None,
+) -> Volume:
+    """The CTV (uint8, 1 inside) of a binary GTV (any non-zero voxel), on the GTV's grid.
+
+    The recompute after editing: the GTV is the edited segment, the brain mask and the barrier
+    map are those already computed; no network runs. CTV = GTV + every voxel of (brain mask minus
+    the chosen barriers) within ``margin_mm`` of it along a path that stays inside. An empty GTV
+    is an InputError.
+    """
+    import warnings
+
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+    margin_mm = float(margin_mm)
+    if not np.isfinite(margin_mm) or margin_mm < 0:
+        raise InputError(None, f"ctv: margin_mm must be >= 0 mm, got {margin_mm}")
+    gtv_voxels = np.asarray(gtv.array) != 0
+    if not gtv_voxels.any():
+        raise InputError(gtv.source or None, "ctv: the GTV is empty; no CTV is made")
+    brain = _on_grid(brain_mask, gtv, "brain mask", warn).array > 0
     free = brain.copy()
     if barriers is not None:
         blocked_labels = sorted({int(v) for v in barrier_labels})
-        barrier_map = _on_grid(barriers, tumor, "barrier map", warn).array
+        barrier_map = _on_grid(barriers, gtv, "barrier map", warn).array
         free &= ~np.isin(barrier_map, blocked_labels)
     seeds = gtv_voxels & free
     if not seeds.any():
         warn("ctv: the GTV lies entirely outside the brain mask or on barriers; CTV = GTV")
-        return tumor.with_array(gtv_voxels.astype(np.uint8))
-    distance = geodesic_distance(seeds, free, tumor.spacing, margin_mm, check=check)
+        return gtv.with_array(gtv_voxels.astype(np.uint8))
+    distance = geodesic_distance(seeds, free, gtv.spacing, margin_mm, check=check)
     ctv = gtv_voxels | (free & (distance <= margin_mm))
-    return Volume(ctv.astype(np.uint8), tumor.affine, source="")
+    return Volume(ctv.astype(np.uint8), gtv.affine, source="")

@@ -1,12 +1,15 @@
 """The ``supervoxels`` pipeline step: SSLIC_Var oversegmentation of the skull-stripped sequences
-inside the brain mask, then graph-based merging.
+inside the brain mask, then the merge hierarchy (``hierarchy``), cut at one level.
 
 Outputs (label maps, 0 outside the brain): ``supervoxels`` (the oversegmentation) and
-``supervoxels_merged``. Options (``--set supervoxels.KEY=VALUE``): ``size`` (K, voxels: one number or
-three, default 10), ``m`` (0.1), ``eps`` (0.01), ``adaptive`` (true: SSLIC_Var; false: SLIC),
-``max_factor`` (10, the clamp of m_k / m), ``iterations`` (5), ``alpha`` (0.5), ``beta`` (0.1),
-``gamma`` (0.1), ``bins`` (32), ``threshold_edges`` ("nng" or "rag", see ``merge``), ``threshold``
-(a fixed T instead of the computed one), ``max_rounds`` (200).
+``supervoxels_merged`` (the hierarchy's level of ``regions`` regions; every other level is had from
+the oversegmentation and the hierarchy, e.g. by the Slicer effect's slider). Options
+(``--set supervoxels.KEY=VALUE``): ``size`` (K, voxels: one number or three, default 10), ``m``
+(0.1), ``eps`` (0.01), ``adaptive`` (true: SSLIC_Var; false: SLIC), ``max_factor`` (10, the clamp
+of m_k / m), ``iterations`` (5), ``alpha`` (0.5), ``beta`` (0.1), ``gamma`` (0.1), ``bins`` (32),
+``texture`` (true: the 8-direction texture histograms), ``order`` ("ward" or "weight", see
+``hierarchy``), ``regions`` (default 300, or a quarter of the supervoxels when there are fewer than
+1200), ``threshold`` (cut at this merge height instead of a count), ``threshold_edges``.
 """
 
 from __future__ import annotations
@@ -28,13 +31,23 @@ def _size(value) -> tuple[int, int, int]:
     return tuple(int(s) for s in sizes)
 
 
+DEFAULT_REGIONS = 300
+
+
+def default_regions(n: int) -> int:
+    """The merged map's level: 300 regions, or a quarter of the supervoxels when fewer than 1200."""
+    return DEFAULT_REGIONS if n >= 4 * DEFAULT_REGIONS else max(1, n // 4)
+
+
 def compute_supervoxels(images: list[np.ndarray], mask: np.ndarray, *, device: str = "cpu",
                         options: dict | None = None, progress=None):
     """Oversegmentation and merged map (numpy int32) of co-registered images inside ``mask``.
 
-    Each image is scaled to [0, 1] inside the mask first. Returns (supervoxels, merged, record).
+    Each image is scaled to [0, 1] inside the mask first. Returns (supervoxels, merged, record)
+    with record = {"threshold": the paper's T, "regions": the merged map's count, "hierarchy":
+    the ``Hierarchy``}.
     """
-    from .merge import merge_supervoxels
+    from .hierarchy import build_hierarchy
     from .slic import scale_to_unit, sslic
 
     o = dict(options or {})
@@ -49,14 +62,27 @@ def compute_supervoxels(images: list[np.ndarray], mask: np.ndarray, *, device: s
             eps=float(o.get("eps", 0.01)), adaptive=bool(o.get("adaptive", True)),
             max_factor=float(o.get("max_factor", 10.0)), iterations=int(o.get("iterations", 5)),
             device=device, progress=lambda f, msg: report(0.8 * f, msg))
-        merged, record = merge_supervoxels(
-            labels, torch.as_tensor(features, device=labels.device), alpha=float(o.get("alpha", 0.5)),
-            beta=float(o.get("beta", 0.1)), gamma=float(o.get("gamma", 0.1)),
-            bins=int(o.get("bins", 32)), max_rounds=int(o.get("max_rounds", 200)),
-            threshold=None if o.get("threshold") is None else float(o["threshold"]),
-            threshold_edges=str(o.get("threshold_edges", "nng")),
-            progress=lambda f, msg: report(0.8 + 0.2 * f, msg))
-    return labels.cpu().numpy().astype(np.int32), merged.cpu().numpy().astype(np.int32), record
+    over = labels.cpu().numpy().astype(np.int32)
+    del labels
+    hierarchy = build_hierarchy(
+        over, list(features), alpha=float(o.get("alpha", 0.5)), beta=float(o.get("beta", 0.1)),
+        gamma=float(o.get("gamma", 0.1)), bins=int(o.get("bins", 32)),
+        texture=_flag(o.get("texture", True)), order=str(o.get("order", "ward")),
+        threshold_edges=str(o.get("threshold_edges", "nng")),
+        progress=lambda f, msg: report(0.8 + 0.2 * f, msg))
+    if o.get("threshold") is not None:
+        lut = hierarchy.lookup(threshold=float(o["threshold"]))
+    else:
+        lut = hierarchy.lookup(regions=int(o.get("regions", default_regions(hierarchy.n))))
+    merged = lut[over]
+    record = {"threshold": hierarchy.threshold, "regions": int(lut.max()), "hierarchy": hierarchy}
+    return over, merged.astype(np.int32), record
+
+
+def _flag(value) -> bool:
+    from ..pipeline.core import option_flag
+
+    return option_flag(value, "supervoxels", "texture")
 
 
 def run(ctx: StepContext) -> dict[str, Volume]:
@@ -71,9 +97,8 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     ctx.progress(0.0, f"supervoxels on {', '.join(names)}")
     over, merged, record = compute_supervoxels(images, mask, device=ctx.device, options=ctx.options,
                                                progress=ctx.progress)
-    threshold = record["threshold"]
-    ctx.progress(1.0, f"{int(over.max())} supervoxels, {int(merged.max())} after merging"
-                 + ("" if threshold is None else f" (T = {threshold:.4f})"))
+    ctx.progress(1.0, f"{int(over.max())} supervoxels, {record['regions']} regions in the merged "
+                 f"map (the paper's T = {record['threshold']:.4f})")
     return {"supervoxels": ctx.new_volume(over), "supervoxels_merged": ctx.new_volume(merged)}
 
 
@@ -84,6 +109,6 @@ STEP = Step(
     optional_inputs=SEQUENCE_PRODUCTS,
     outputs=("supervoxels", "supervoxels_merged"),
     labels=("supervoxels", "supervoxels_merged"),
-    version="1",
-    description="multimodal supervoxels (SSLIC_Var) and their merging",
+    version="2",
+    description="multimodal supervoxels (SSLIC_Var) and their merge hierarchy",
 )
