@@ -368,6 +368,10 @@ class BrainBarriersWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     ("\n\nFull log: " + status.error["log_path"]
                      if status.error.get("log_path") else ""))
             elif status.state == "done":
+                if status.warnings:  # e.g. which tumour regions the given sequences cannot show
+                    self.ui.statusLabel.setText(
+                        status.message + "\n" + "\n".join(_("Warning: ") + w
+                                                           for w in status.warnings))
                 seg = job.nodes.get("segmentation")
                 if seg is not None:
                     seg.CreateClosedSurfaceRepresentation()

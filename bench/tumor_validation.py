@@ -4,11 +4,16 @@ For each case (default: the held-out cases recorded in the default package's man
 ``../shared/data``; or ``--cases DIR [DIR ...]``, BraTS case folders), every package in
 ``--packages`` segments the case as the tumour step does (``tumor.inference.segment``, test-time
 flips unless ``--no-tta``), and the labels are scored with the BraTS conventions
-(``metrics.brats_scores``, as ``brainbarriers evaluate --json``). The default package is also
-scored after removing tumour components other than the largest below each ``--min-component-ml``
-threshold, to measure that post-processing on real cases.
+(``metrics.brats_scores``, as ``brainbarriers evaluate --json``). A package trained by
+cross-validation segments each of its held-out cases with the one fold that did not see it (its
+other folds did); other packages run all their folds. The first package is also scored after
+removing tumour components other than the largest below each ``--min-component-ml`` threshold, to
+measure that post-processing on real cases, and, with ``--subsets``, on subsets of the sequences
+(the absent ones fed as zeros, as the tumour step does for a model that accepts subsets).
 
     python bench/tumor_validation.py --packages default demo-hnfnetv2-phantom --json out.json
+    python bench/tumor_validation.py --packages default --no-tta \
+        --subsets t1ce+flair t1+flair t1ce+t2 flair t1ce
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ def held_out_cases(package) -> list[Path]:
     return [found[i] for i in ids]
 
 
+def held_out_by(package, case_id: str) -> str | None:
+    """The weights key of the fold that held ``case_id`` out, if the package was cross-validated."""
+    for f in package.manifest.get("training", {}).get("folds", []):
+        if case_id in f.get("val_cases", []) and f"fold{f['fold']}" in package.weight_keys:
+            return f"fold{f['fold']}"
+    return None
+
+
 def main() -> int:
     import torch
 
@@ -47,6 +60,8 @@ def main() -> int:
     ap.add_argument("--cases", nargs="*", default=None)
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--min-component-ml", type=float, nargs="*", default=[0.1, 0.5, 1.0, 2.0])
+    ap.add_argument("--subsets", nargs="*", default=[],
+                    help="sequence subsets for the first package, e.g. t1ce+flair flair")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     args = ap.parse_args()
@@ -55,38 +70,58 @@ def main() -> int:
     names = [DEFAULT_MODEL if p == "default" else p for p in args.packages]
     packages = {n: load_package(n) for n in names}
     folders = [Path(c) for c in args.cases] if args.cases else held_out_cases(packages[names[0]])
+    subsets = [tuple(s.split("+")) for s in args.subsets]
     rows = []
     for folder in folders:
         case = find_cases(folder)[0]
         vols, mask, truth = load_case_volumes(case)
         for name, pkg in packages.items():
-            t = time.perf_counter()
-            pred = segment({s: vols[s] for s in pkg.inputs}, mask, pkg, tta=not args.no_tta,
-                           min_component_ml=0.0)
-            seconds = time.perf_counter() - t
-            rows.append({"case": case["id"], "package": name, "post": 0.0,
-                         "seconds": round(seconds, 1), **brats_scores(pred, truth)})
-            if name == names[0]:
-                for ml in args.min_component_ml:
-                    cleaned = remove_small_components(pred.array, pred.voxel_volume_ml, ml)
-                    rows.append({"case": case["id"], "package": name, "post": ml,
-                                 **brats_scores(pred.with_array(cleaned), truth)})
-            r = rows[-1 - (len(args.min_component_ml) if name == names[0] else 0)]
-            print(f"{case['id']:<24}{name:<28}" + " ".join(
-                f"{k} {r[k]['dice']:.3f}/{r[k]['hd95']:6.1f}" for k in REGIONS)
-                + f"  {seconds:.0f} s", flush=True)
+            key = held_out_by(pkg, case["id"])
+            nets = [pkg.build_network(key)] if key else None
+            runs = [("all", tuple(pkg.inputs))] + ([(s, s) for s in subsets]
+                                                   if name == names[0] else [])
+            for label, given in runs:
+                t = time.perf_counter()
+                pred = segment({s: vols[s] for s in given}, mask, _subset_view(pkg, given),
+                               tta=not args.no_tta, min_component_ml=0.0, nets=nets)
+                seconds = time.perf_counter() - t
+                rows.append({"case": case["id"], "package": name, "post": 0.0,
+                             "sequences": "+".join(given), "network": key or "all folds",
+                             "seconds": round(seconds, 1), **brats_scores(pred, truth)})
+                r = rows[-1]
+                if name == names[0] and label == "all":
+                    for ml in args.min_component_ml:
+                        cleaned = remove_small_components(pred.array, pred.voxel_volume_ml, ml)
+                        rows.append({"case": case["id"], "package": name, "post": ml,
+                                     "sequences": r["sequences"],
+                                     **brats_scores(pred.with_array(cleaned), truth)})
+                print(f"{case['id']:<24}{name:<26}{label:<12}" + " ".join(
+                    f"{k} {r[k]['dice']:.3f}/{r[k]['hd95']:6.1f}" for k in REGIONS)
+                    + f"  {seconds:.0f} s", flush=True)
 
     print(f"\nmean over {len(folders)} cases (Dice / HD95 mm), TTA {'off' if args.no_tta else 'on'}")
-    keys = sorted({(r["package"], r["post"]) for r in rows}, key=lambda k: (names.index(k[0]), k[1]))
-    for pkg, post in keys:
-        sel = [r for r in rows if r["package"] == pkg and r["post"] == post]
-        label = pkg + (f" +remove<{post:g}ml" if post else "")
+    keys = sorted({(r["package"], r["post"], r["sequences"]) for r in rows},
+                  key=lambda k: (names.index(k[0]), k[1], -len(k[2])))
+    for pkg, post, given in keys:
+        sel = [r for r in rows if (r["package"], r["post"], r["sequences"]) == (pkg, post, given)]
+        label = pkg + (f" +remove<{post:g}ml" if post else "") + (
+            "" if given == "+".join(packages[pkg].inputs) else f" [{given}]")
         print(f"{label:<44}" + " ".join(
             f"{k} {np.mean([r[k]['dice'] for r in sel]):.3f}/{np.mean([r[k]['hd95'] for r in sel]):6.1f}"
             for k in REGIONS))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _subset_view(package, given):
+    """The package as the tumour step sees it for a subset: absent inputs fed as zeros (for a
+    package not trained for subsets this shows what it does when a sequence is missing)."""
+    if tuple(given) == tuple(package.inputs) or package.accepts_subsets:
+        return package
+    from brainbarriers.models import ModelPackage
+
+    return ModelPackage(package.path, {**package.manifest, "absent_inputs": "zero"})
 
 
 if __name__ == "__main__":

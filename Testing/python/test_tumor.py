@@ -204,9 +204,10 @@ def tumor_run(small_case_dir, tmp_path_factory):
 
 def test_step_declaration_and_registry():
     assert STEP.name == "tumor" and STEP.outputs == ("tumor",) and STEP.labels == ("tumor",)
-    assert STEP.sequences == SEQ
-    assert STEP.inputs == ("brain_mask", "t1_brain", "t1ce_brain", "t2_brain", "flair_brain")
-    assert STEP.optional_inputs == ("supervoxels_merged",)
+    assert STEP.sequences == () and STEP.sequences_any == SEQ
+    assert STEP.inputs == ("brain_mask",)
+    assert STEP.optional_inputs == ("t1_brain", "t1ce_brain", "t2_brain", "flair_brain",
+                                    "supervoxels_merged")
     from brainbarriers.pipeline.registry import all_steps
 
     names = [s.name for s in all_steps()]
@@ -304,9 +305,15 @@ def test_default_model_on_real_held_out_cases():
 
 def test_missing_extra_and_incompatible_inputs(small_case_dir, small_case, tmp_path):
     inputs = {s: small_case_dir / f"{s}.nii.gz" for s in ("t1", "t1ce", "t2")}
-    with pytest.raises(InputError, match="step 'tumor' needs --flair"):
+    with pytest.raises(InputError, match=r"needs the sequence\(s\) \['flair'\].*not accept a subset"):
         PipelineRun(inputs, tmp_path / "o", [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"),
-                                             STEP], device="cpu")
+                                             STEP], device="cpu",
+                    options={"tumor": {"model": "demo-hnfnetv2-phantom"}}).run()
+    with pytest.raises(InputError, match="step 'tumor' needs at least one of --t1, --t1ce"):
+        PipelineRun({"ct": small_case_dir / "t1.nii.gz"}, tmp_path / "o0",
+                    [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), STEP],
+                    device="cpu")
+    assert not (tmp_path / "o0").exists()
     # A misspelt option is refused before anything is written, naming the known ones.
     with pytest.raises(InputError, match="tumor: unknown option.*modle.*known: model"):
         PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in SEQ}, tmp_path / "o1",
@@ -333,6 +340,38 @@ def test_missing_extra_and_incompatible_inputs(small_case_dir, small_case, tmp_p
         PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in SEQ}, tmp_path / "o2",
                     [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), STEP],
                     device="cpu", options={"tumor": {"model": str(bad)}}).run()
+
+
+def test_a_model_that_accepts_subsets_runs_on_the_sequences_given_and_says_what_they_miss(
+        small_case_dir, small_case, tmp_path):
+    import shutil
+
+    from brainbarriers.tumor.inference import _prepare
+
+    mask = small_case.truths["brain_mask"]
+    t1, flair = small_case.sequences["t1"], small_case.sequences["flair"]
+    full = _prepare([t1, flair], mask, "brain-zscore", (0.5, 99.5))
+    partial = _prepare([t1, None, None, flair], mask, "brain-zscore", (0.5, 99.5))
+    assert np.array_equal(partial[[0, 3]], full) and not partial[[1, 2]].any()
+
+    pkg = tmp_path / "any-subset"
+    shutil.copytree(load_package("demo-hnfnetv2-phantom").path, pkg)
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["absent_inputs"] = "zero"
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    assert load_package(pkg).accepts_subsets
+    run = PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in ("t1", "flair")},
+                      tmp_path / "run", [standin_skullstrip(
+                          small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",
+                      options={"tumor": {"model": str(pkg), "tta": "false"}})
+    outputs = run.run()
+    assert set(np.unique(load_volume(outputs["tumor"], allow_empty=True).array)) <= {0, 1, 2, 4}
+    said = " | ".join(w["message"] for w in run.warnings)
+    assert "ran on t1, flair only (t1ce, t2 absent, fed as zeros)" in said
+    assert "without T1ce, enhancing tumour and necrotic core (TC, ET) are unreliable" in said
+    assert "without FLAIR or T2" not in said
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert any("TC, ET" in w["message"] for w in manifest["warnings"])
 
 
 def test_refine_by_supervoxels(small_case_dir, tmp_path):
@@ -522,3 +561,25 @@ def test_review_starts_with_the_regions_where_the_passes_disagree():
     assert ranked[2][1] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="differ"):
         regions_by_uncertainty(regions, uncertainty[:5])
+
+
+def test_modality_dropout_keeps_a_non_empty_subset_and_leaves_runs_without_it_unchanged():
+    from brainbarriers.tumor.train import PARTIAL_SUBSETS, sample_batch
+
+    class Copy:  # the augmentation stand-in: a copy, so dropout cannot touch the data
+        def set_random_state(self, seed):
+            pass
+
+        def __call__(self, d):
+            return {"image": d["image"].copy(), "label": d["label"].copy()}
+
+    assert len(PARTIAL_SUBSETS) == 14 and all(0 < len(c) < 4 for c in PARTIAL_SUBSETS)
+    data = [{"image": np.ones((4, 3, 3, 3), np.float32) * (i + 1),
+             "label": np.zeros((3, 3, 3, 3), np.float32)} for i in range(3)]
+    plain = sample_batch(data, Copy(), 8, 0, 0, 5, 0)
+    again = sample_batch(data, Copy(), 8, 0, 0, 5, 0, modality_dropout=0.0)
+    assert all(np.array_equal(a["image"], b["image"]) for a, b in zip(plain, again))
+    dropped = sample_batch(data, Copy(), 8, 0, 0, 5, 0, modality_dropout=1.0)
+    kept = [tuple(c for c in range(4) if s["image"][c].any()) for s in dropped]
+    assert all(k in PARTIAL_SUBSETS for k in kept) and len(set(kept)) > 1
+    assert all(data[i]["image"].all() for i in range(3))

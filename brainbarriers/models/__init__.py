@@ -146,6 +146,13 @@ class ModelPackage:
         return list(self.manifest["inputs"])
 
     @property
+    def accepts_subsets(self) -> bool:
+        """The model takes any non-empty subset of its inputs, an absent one fed as zeros (the
+        mean after normalisation): manifest ``"absent_inputs": "zero"`` (trained with modality
+        dropout)."""
+        return self.manifest.get("absent_inputs") == "zero"
+
+    @property
     def weight_keys(self) -> list[str]:
         return list(self.manifest["weights"])
 

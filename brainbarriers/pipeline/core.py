@@ -119,6 +119,7 @@ class Step:
     optional_inputs: tuple[str, ...] = ()
     optional_outputs: tuple[str, ...] = ()
     sequences: tuple[str, ...] = ()  # raw sequences this step needs given on the command line
+    sequences_any: tuple[str, ...] = ()  # of these, at least one must be given
     labels: tuple[str, ...] = ()
     version: str = "1"
     description: str = ""
@@ -262,6 +263,10 @@ class PipelineRun:
             if missing:
                 flags = ", ".join(SEQUENCE_FLAGS[s] for s in missing)
                 raise InputError(None, f"missing sequence: step '{step.name}' needs {flags}")
+            if step.sequences_any and not set(step.sequences_any) & set(self.given):
+                flags = ", ".join(SEQUENCE_FLAGS[s] for s in step.sequences_any)
+                raise InputError(None, f"missing sequence: step '{step.name}' needs at least one "
+                                 f"of {flags}")
             lacking = [p for p in step.inputs if p not in available]
             if lacking:
                 raise InputError(

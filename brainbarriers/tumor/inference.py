@@ -162,8 +162,14 @@ def remove_small_components(labels: np.ndarray, voxel_ml: float, min_ml: float) 
     return out
 
 
-def _prepare(images: Sequence[Volume], mask: Volume, kind: str, clip) -> np.ndarray:
+def _prepare(images: Sequence[Volume | None], mask: Volume, kind: str, clip) -> np.ndarray:
+    """Normalised channels; an absent sequence (None) is a channel of zeros, its normalised mean."""
     m = mask.array > 0
+    if any(im is None for im in images):
+        present = [im for im in images if im is not None]
+        channels = iter(_prepare(present, mask, kind, clip))
+        zeros = np.zeros(mask.shape, np.float32)
+        return np.stack([zeros if im is None else next(channels) for im in images])
     if kind == "nonzero-zscore":  # MONAI's NormalizeIntensity(nonzero=True, channel_wise=True)
         out = []
         for im in images:
@@ -191,20 +197,24 @@ def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
                              ) -> tuple[Volume, Volume]:
     """BraTS labels (uint8, 0/1/2/4) and the passes' disagreement (float32, 0..1, zero outside the
     brain and everywhere when there is a single pass), both on the grid of ``brain_mask``."""
-    package.require_inputs(images)
+    present = [s for s in package.inputs if s in images]
+    if not package.accepts_subsets:
+        package.require_inputs(images)
+    elif not present:
+        raise InputError(None, f"model {package.name} takes any of {package.inputs}; none was given")
     extra = [s for s in images if s not in package.inputs]
     if extra:
         raise InputError(None, f"sequence(s) {extra} given, but model {package.name} takes "
                          f"exactly {package.inputs}")
     m = package.manifest
     ref = brain_mask
-    for name in package.inputs:
+    for name in present:
         if not images[name].grid.same_as(ref.grid):
             raise InputError(images[name].source or None,
                              f"{name} is not on the brain mask's grid ({images[name].grid.describe()}"
                              f" vs {ref.grid.describe()})")
     grid = work_grid(ref.grid, m.get("spacing_mm"))
-    seqs = [onto(images[s], grid) for s in package.inputs]
+    seqs = [onto(images[s], grid) if s in images else None for s in package.inputs]
     mask = onto(brain_mask, grid, label=True)
     if not (mask.array > 0).any():
         raise InputError(brain_mask.source or None, "the brain mask is empty")

@@ -35,6 +35,18 @@ OPTIONS = ("model", "tta", "tta_flips", "small_et_ml", "min_component_ml", "over
            "refine_supervoxels", "supervoxel_fraction")
 
 
+def subset_caveats(used: list[str]) -> list[str]:
+    """What the given sequences cannot show, in words for the manifest, the CLI and the panel."""
+    caveats = []
+    if "t1ce" not in used:
+        caveats.append("without T1ce, enhancing tumour and necrotic core (TC, ET) are unreliable: "
+                       "use the whole tumour only")
+    if not {"t2", "flair"} & set(used):
+        caveats.append("without FLAIR or T2, the oedema and so the whole tumour (WT) are "
+                       "unreliable")
+    return caveats
+
+
 def run(ctx: StepContext) -> dict[str, Volume]:
     from .inference import FLIPS, network_passes, segment_with_uncertainty
 
@@ -44,14 +56,23 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     if unknown:
         raise InputError(package.path, f"model {package.name} takes inputs {package.inputs}; "
                          f"{unknown} are not sequences the tumor step has ({list(SEQUENCES)})")
-    missing = [s for s in package.inputs if not ctx.has(PRODUCT_OF[s])]
-    if missing:
-        raise InputError(None, f"model {package.name} needs the sequence(s) {missing}, which were "
-                         "not given (or not skull-stripped)")
     if package.task != "tumor":
         raise InputError(package.path, f"model {package.name} is a {package.task!r} model, "
                          "not a tumor model")
-    images = {s: ctx.get(PRODUCT_OF[s]) for s in package.inputs}
+    used = [s for s in package.inputs if ctx.has(PRODUCT_OF[s])]
+    missing = [s for s in package.inputs if s not in used]
+    if missing and not package.accepts_subsets:
+        raise InputError(None, f"model {package.name} needs the sequence(s) {missing}, which were "
+                         "not given (or not skull-stripped); it does not accept a subset of its "
+                         "inputs")
+    if not used:
+        raise InputError(None, f"model {package.name} takes {package.inputs}; none was given")
+    if missing:
+        ctx.warn(f"tumour model {package.name} ran on {', '.join(used)} only ("
+                 f"{', '.join(missing)} absent, fed as zeros)")
+    for caveat in subset_caveats(used):
+        ctx.warn(caveat)
+    images = {s: ctx.get(PRODUCT_OF[s]) for s in used}
     ctx.progress(0.0, f"tumour segmentation with {package.name} {package.version} on {ctx.device}")
     small = opts.get("small_et_ml")
     min_comp = opts.get("min_component_ml")
@@ -93,9 +114,9 @@ def run(ctx: StepContext) -> dict[str, Volume]:
 STEP = Step(
     name="tumor",
     run=run,
-    sequences=SEQUENCES,
-    inputs=("brain_mask", "t1_brain", "t1ce_brain", "t2_brain", "flair_brain"),
-    optional_inputs=("supervoxels_merged",),
+    sequences_any=SEQUENCES,  # the model says whether it takes a subset (accepts_subsets)
+    inputs=("brain_mask",),
+    optional_inputs=("t1_brain", "t1ce_brain", "t2_brain", "flair_brain", "supervoxels_merged"),
     outputs=("tumor",),
     optional_outputs=("tumor_uncertainty",),
     labels=("tumor",),

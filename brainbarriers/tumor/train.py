@@ -36,6 +36,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -254,6 +255,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-epochs", type=float, default=None)
     p.add_argument("--val-every", type=int, default=None,
                    help="validation Dice on the held-out cases every N iterations (0: at the end only)")
+    p.add_argument("--modality-dropout", type=float, default=None,
+                   help="probability that a training sample keeps only a random subset of its "
+                        "sequences (the rest zero): the model then accepts any non-empty subset")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -273,7 +277,8 @@ def resolve_config(args: argparse.Namespace, n_train: int) -> dict:
         b = args.base
         cfg["net"] = {"base": b} if args.arch != "hnfnetv2" else {
             **cfg["net"], "base": b, "widths": [b, b * 2, b * 4, b * 8], "ema_channels": b * 8}
-    for key in ("batch_size", "patch", "spacing", "lr", "weight_decay", "warmup_epochs", "val_every"):
+    for key in ("batch_size", "patch", "spacing", "lr", "weight_decay", "warmup_epochs", "val_every",
+                "modality_dropout"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     cfg["iterations_per_epoch"] = math.ceil(n_train / cfg["batch_size"])
@@ -296,15 +301,31 @@ def lr_factor(it: int, warmup: int, total: int) -> float:
     return max(0.0, 1 - (it - warmup) / max(1, total - warmup)) ** 0.9
 
 
-def sample_batch(data: list[dict], tf, size: int, seed: int, fold: int, it: int, rank: int) -> list:
-    """The augmented samples of iteration ``it``: a pure function of (seed, fold, rank, it)."""
+# The non-empty proper subsets of the four sequences (as channel indices), for modality dropout.
+PARTIAL_SUBSETS = [c for n in range(1, len(SEQUENCES))
+                   for c in itertools.combinations(range(len(SEQUENCES)), n)]
+
+
+def sample_batch(data: list[dict], tf, size: int, seed: int, fold: int, it: int, rank: int,
+                 modality_dropout: float = 0.0) -> list:
+    """The augmented samples of iteration ``it``: a pure function of (seed, fold, rank, it).
+
+    With ``modality_dropout`` p, each sample keeps, with probability p, only one of the 14
+    non-empty proper subsets of its sequences (uniformly chosen); the others become zeros, as an
+    absent sequence is fed at inference. With p = 0 no extra random numbers are drawn, so runs
+    without dropout sample exactly as before.
+    """
     rng = np.random.default_rng([seed, fold, rank, it])
     tf.set_random_state(seed=int(rng.integers(2**31)))
     out = []
     for _ in range(size):
         d = data[int(rng.integers(len(data)))]
         s = tf({"image": d["image"], "label": d["label"]})
-        out.append(s[0] if isinstance(s, list) else s)
+        s = s[0] if isinstance(s, list) else s
+        if modality_dropout > 0 and rng.random() < modality_dropout:
+            keep = PARTIAL_SUBSETS[int(rng.integers(len(PARTIAL_SUBSETS)))]
+            s["image"][[c for c in range(len(SEQUENCES)) if c not in keep]] = 0
+        out.append(s)
     return out
 
 
@@ -387,7 +408,8 @@ def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank:
     t0 = time.time() - wall
     it = start
     for it in range(start + 1, total + 1):
-        batch = sample_batch(data, tf, cfg["batch_size"], args.seed, fold, it, rank)
+        batch = sample_batch(data, tf, cfg["batch_size"], args.seed, fold, it, rank,
+                             cfg.get("modality_dropout", 0.0))
         x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device)
         y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device)
         with torch.autocast("cuda", enabled=use_amp):
@@ -503,6 +525,7 @@ def main(args: argparse.Namespace) -> int:
             "data_terms": "as the training data's terms allow",
             "architecture": {"name": args.arch, "params": results[0]["params"]},
             "inputs": SEQUENCES,
+            **({"absent_inputs": "zero"} if cfg.get("modality_dropout", 0) > 0 else {}),
             "normalisation": {"kind": "brain-zscore", "clip_percentiles": [0.5, 99.5]},
             "spacing_mm": [float(cfg["spacing"])] * 3,
             "patch_size": [int(p) for p in cfg["patch"]],
