@@ -372,6 +372,20 @@ def test_a_model_that_accepts_subsets_runs_on_the_sequences_given_and_says_what_
     assert "without FLAIR or T2" not in said
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert any("TC, ET" in w["message"] for w in manifest["warnings"])
+    # A four-sequence package hands over to the subset model its manifest names.
+    four = tmp_path / "four"
+    shutil.copytree(load_package("demo-hnfnetv2-phantom").path, four)
+    m = json.loads((four / "manifest.json").read_text())
+    m["subset_model"] = str(pkg)
+    (four / "manifest.json").write_text(json.dumps(m))
+    run = PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in ("t1ce", "flair")},
+                      tmp_path / "run2", [standin_skullstrip(
+                          small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",
+                      options={"tumor": {"model": str(four), "tta": "false"}})
+    run.run()
+    said = " | ".join(w["message"] for w in run.warnings)
+    assert "t1, t2 not given: tumour model demo-hnfnetv2-phantom (trained for any subset" in said
+    assert "without T1ce" not in said and "without FLAIR or T2" not in said
 
 
 def test_refine_by_supervoxels(small_case_dir, tmp_path):
@@ -512,6 +526,20 @@ def test_train_resume_gives_the_uninterrupted_run_and_a_package_with_validation(
     assert set(both.manifest["validation"]["cases"]) == {"BraTS2021_00021", "BraTS-GLI-00022-000"}
     assert cli(args + ["--out", str(straight), "--fold", "0,2"]) == 2
     assert "folds run from 0 to 1" in capsys.readouterr().err
+    # Fine-tuning with modality dropout from that package: a model that accepts subsets.
+    tuned = tmp_path / "tuned"
+    assert cli(args + ["--out", str(tuned), "--iterations", "1", "--init", str(straight / "package"),
+                       "--modality-dropout", "0.5"]) == 0
+    t = load_package(tuned / "package")
+    assert t.accepts_subsets and t.manifest["training"]["initialised_from"] == str(straight / "package")
+    assert t.manifest["training"]["configuration"]["modality_dropout"] == 0.5
+    start = load_package(straight / "package").state_dict("fold0")
+    moved = [float((v - start[k]).abs().max()) for k, v in t.state_dict().items()
+             if v.dtype.is_floating_point and v.numel() > 8]
+    assert 0 < max(moved) < 0.05  # one small step from the package's weights, not a fresh start
+    assert cli(args + ["--out", str(tmp_path / "x"), "--iterations", "1", "--base", "8",
+                       "--init", str(straight / "package")]) == 2
+    assert "--init: its architecture" in capsys.readouterr().err
     log = [json.loads(line) for line in (resumed / "checkpoints" / "fold0" / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     a, b = load_package(straight / "package"), load_package(resumed / "package")

@@ -6,7 +6,9 @@ review starts where the model doubts.
 Options (``--set tumor.KEY=VALUE``):
 - ``model``: a model package folder, zip or installed name (default: the shipped
   ``brats-hnfnetv2-cpu``, trained on real BraTS cases; ``demo-hnfnetv2-phantom`` is the
-  phantom-trained demo package);
+  phantom-trained demo package). When sequences are missing, a package that does not take a
+  subset of its inputs hands over to the package its manifest names as ``subset_model`` (one
+  trained with modality dropout), and the step says so;
 - ``tta`` (true): test-time augmentation with the 7 flips plus the identity (shared out among the
   package's folds, so an ensemble costs what one network with TTA costs); ``tta_flips`` (8): how
   many of the eight flip variants to run (fewer is faster);
@@ -61,6 +63,13 @@ def run(ctx: StepContext) -> dict[str, Volume]:
                          "not a tumor model")
     used = [s for s in package.inputs if ctx.has(PRODUCT_OF[s])]
     missing = [s for s in package.inputs if s not in used]
+    if missing and not package.accepts_subsets and package.manifest.get("subset_model"):
+        chosen = load_package(package.manifest["subset_model"])
+        ctx.warn(f"{', '.join(missing)} not given: tumour model {chosen.name} (trained for any "
+                 f"subset of the sequences) runs instead of {package.name}")
+        package = chosen
+        used = [s for s in package.inputs if ctx.has(PRODUCT_OF[s])]
+        missing = [s for s in package.inputs if s not in used]
     if missing and not package.accepts_subsets:
         raise InputError(None, f"model {package.name} needs the sequence(s) {missing}, which were "
                          "not given (or not skull-stripped); it does not accept a subset of its "

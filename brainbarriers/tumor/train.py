@@ -258,6 +258,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality-dropout", type=float, default=None,
                    help="probability that a training sample keeps only a random subset of its "
                         "sequences (the rest zero): the model then accepts any non-empty subset")
+    p.add_argument("--init", default=None,
+                   help="fine-tune: start from this model package's weights (same architecture; "
+                        "its fold of the same number, so held-out cases stay unseen)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -352,6 +355,30 @@ def quick_dice(net, cases: list[dict], patch, head: str, device: str) -> dict:
     return {r: round(float(np.mean(v)), 4) for r, v in scores.items()}
 
 
+def initial_weights(package_name: str, fold: int, arch: str, params: dict) -> dict:
+    """Fine-tuning starts from a package's weights: its fold ``fold`` (the same split, so the
+    held-out cases stay unseen), else its only weights; the architecture must be the same."""
+    from ..models import load_package
+
+    package = load_package(package_name)
+    theirs = package.manifest["architecture"]
+    if theirs.get("name") != arch or {k: _plain(v) for k, v in theirs.get("params", {}).items()} \
+            != {k: _plain(v) for k, v in params.items()}:
+        raise InputError(package.path, f"--init: its architecture {theirs} differs from the one "
+                         f"being trained ({arch} {params})")
+    key = f"fold{fold}"
+    if key not in package.weight_keys:
+        if len(package.weight_keys) != 1:
+            raise InputError(package.path, f"--init: no weights {key!r} (has "
+                             f"{', '.join(package.weight_keys)})")
+        key = package.weight_keys[0]
+    return package.state_dict(key)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank: int,
                world: int) -> dict:
     import torch
@@ -374,6 +401,8 @@ def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank:
     tf = transforms(patch, args.head)
     torch.manual_seed(args.seed + fold)
     net, params = build_net(args.arch, cfg["net"], args.head)
+    if getattr(args, "init", None):
+        net.load_state_dict(initial_weights(args.init, fold, args.arch, params))
     net.to(device)
     model = net
     if world > 1:
@@ -538,6 +567,7 @@ def main(args: argparse.Namespace) -> int:
                 "folds": [{k: r[k] for k in ("fold", "iteration", "wall_s", "train_cases",
                                              "val_cases")} for r in results],
                 "configuration": cfg, "head": args.head, "seed": args.seed,
+                **({"initialised_from": args.init} if args.init else {}),
                 "world_size": world, "device": device,
                 "torch": torch.__version__,
             },
