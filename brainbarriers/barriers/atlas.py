@@ -233,6 +233,24 @@ def _skull_stripped(volume: Volume, mask: np.ndarray) -> sitk.Image:
     return sitk.Cast(to_sitk(volume.with_array(image)), sitk.sitkFloat32)
 
 
+def dense_transform(transform: sitk.Transform, reference: sitk.Image, spacing_mm: float = 2.0,
+                    ) -> sitk.Transform:
+    """``transform`` sampled as a displacement field over ``reference``'s field of view on a grid of
+    about ``spacing_mm`` (linearly interpolated between its nodes when used).
+
+    Evaluating a B-spline composite costs far more per point than reading a field, so warping
+    several label channels at 1 mm goes through the field; a B-spline whose nodes are about a
+    centimetre apart varies little between 2 mm field nodes (used by ``multiatlas``)."""
+    spacing = np.asarray(reference.GetSpacing(), float)
+    size = np.asarray(reference.GetSize(), int)
+    step = np.maximum(1, np.round(spacing_mm / spacing)).astype(int)
+    coarse_size = [int(n) for n in (size - 1) // step + 2]  # one node beyond the last voxel
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, coarse_size,
+                                              reference.GetOrigin(), [float(v) for v in spacing * step],
+                                              reference.GetDirection())
+    return sitk.DisplacementFieldTransform(field)
+
+
 def warp_labels(labels: Volume, reference: sitk.Image, transform: sitk.Transform, n_labels: int = N_LABELS,
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels carried to ``reference`` as soft one-hot channels; returns (argmax labels, probabilities
@@ -246,8 +264,23 @@ def warp_labels(labels: Volume, reference: sitk.Image, transform: sitk.Transform
     return np.argmax(prob, axis=0).astype(np.uint8), prob
 
 
-def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The template's barriers carried onto ``image``'s grid: (labels, probabilities)."""
+ANATOMY_CHOICES = ("template", "multiatlas")
+#: The cerebellum and ventricles the atlas stage gives unless told otherwise (``barriers.anatomy``).
+DEFAULT_ANATOMY = "template"
+
+
+def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True,
+                   anatomy: str = DEFAULT_ANATOMY, atlases: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The template's barriers carried onto ``image``'s grid: (labels, probabilities of the template's
+    labels).
+
+    ``anatomy="multiatlas"`` replaces the template's cerebellum and ventricles by those
+    of ``multiatlas.multiatlas_structures`` (OASIS atlases, label fusion, CSF model; its warnings are
+    issued as ``BarrierWarning``; ``atlases``: those to use instead of the shipped ones, e.g. for a
+    leave-one-out measurement); ``"template"`` keeps the template's own. ``DEFAULT_ANATOMY`` says
+    which is the default."""
+    if anatomy not in ANATOMY_CHOICES:
+        raise ValueError(f"anatomy must be one of {', '.join(ANATOMY_CHOICES)}, got {anatomy!r}")
     t1, template_brain, template_labels = load_template()
     brain = brain_mask.array > 0
     if not brain.any():
@@ -256,4 +289,14 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     moving = _skull_stripped(t1, template_brain.array > 0)
     transform = register(fixed, moving, deformable=deformable)
     labels, prob = warp_labels(template_labels, fixed, transform)
+    if anatomy == "multiatlas":
+        import warnings
+
+        from .multiatlas import CEREBELLUM, VENTRICLES, BarrierWarning, multiatlas_structures
+
+        structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases)
+        for note in notes:
+            warnings.warn(note, BarrierWarning, stacklevel=2)
+        labels = np.where(np.isin(labels, (CEREBELLUM, VENTRICLES)), 0, labels)
+        labels = np.where(structures > 0, structures, labels).astype(np.uint8)
     return labels, prob

@@ -12,12 +12,15 @@ Which stage runs (option ``--set barriers.models=...``):
   MRI; the demo models were trained on phantoms only.
 
 Options: ``reference`` (sequence the atlas is registered to; default the first of t1, t1ce, t2,
-flair given), ``refine=false`` (two-stage models: stage 1 only). The stage that produced the output
+flair given), ``anatomy`` (atlas stage's cerebellum and ventricles: ``template`` - those of the
+SRI24 template; ``multiatlas`` - registration of three labelled OASIS heads, label fusion and a CSF
+model, ``barriers/multiatlas.py``; the default is ``atlas.DEFAULT_ANATOMY``), ``refine=false`` (two-stage models: stage 1 only). The stage that produced the output
 is reported with ``ctx.warn`` ("barriers: produced by ...") so that it lands in the manifest.
 """
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from ..pipeline.core import Step, StepContext, option_flag
 from ..volume import Volume
 
 DEMO_MODELS = "barriers_demo"
-OPTIONS = ("models", "reference", "refine")
+OPTIONS = ("models", "reference", "refine", "anatomy")
 
 
 def demo_models_folder() -> Path:
@@ -43,16 +46,32 @@ def _run(ctx: StepContext) -> dict[str, Volume]:
         raise InputError(None, "barriers: the brain mask is empty")
     given = [s for s in ("t1", "t1ce", "t2", "flair", "ct") if ctx.has(s)]
     if choice == "atlas":
-        from .atlas import atlas_barriers
+        from .atlas import ANATOMY_CHOICES, DEFAULT_ANATOMY, atlas_barriers
+        from .multiatlas import BarrierWarning
 
         ref = str(ctx.options.get("reference", next((s for s in ("t1", "t1ce", "t2", "flair") if s in given),
                                                     given[0] if given else "")))
         if ref not in given:
             raise InputError(None, f"barriers: reference sequence {ref!r} was not given")
+        anatomy = str(ctx.options.get("anatomy", DEFAULT_ANATOMY))
+        if anatomy not in ANATOMY_CHOICES:
+            raise InputError(None, f"barriers: anatomy must be one of {', '.join(ANATOMY_CHOICES)}, "
+                                   f"got {anatomy!r}")
         ctx.progress(0.1, f"registering the barrier atlas to {ref}")
-        labels, _ = atlas_barriers(ctx.get(ref), brain_mask)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BarrierWarning)
+            # The default call stays the plain two-argument one (stand-ins in tests replace it).
+            labels, _ = atlas_barriers(ctx.get(ref), brain_mask,
+                                       **({} if anatomy == DEFAULT_ANATOMY else {"anatomy": anatomy}))
+        for w in caught:
+            if issubclass(w.category, BarrierWarning):
+                ctx.warn(f"barriers: {w.message}")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        how = ("cerebellum and ventricles by OASIS multi-atlas fusion with a CSF model"
+               if anatomy == "multiatlas" else "cerebellum and ventricles from the template")
         ctx.warn(f"barriers: produced by the atlas stage (SRI24 barrier template registered to {ref}; "
-                 "no trained models)")
+                 f"{how}; no trained models)")
     else:
         from .infer import two_stage
         from .package import load_model_set

@@ -1,0 +1,294 @@
+"""Cerebellum and ventricles by multi-atlas registration, label fusion and a per-case CSF model.
+
+Definitions (the one place they are written; the bench, the tests and the atlas builder import them)
+------------------------------------------------------------------------------------------------
+The structures follow the Neuromorphometrics protocol of the MICCAI 2012 multi-atlas labelling
+challenge (the labels of the OASIS subjects the atlases are made from):
+
+- **cerebellum** (barrier label 5) = cerebellar hemispheres with the vermis: Neuromorphometrics 38/39
+  (right/left cerebellum exterior, i.e. cortex), 40/41 (right/left cerebellum white matter) and 71-73
+  (cerebellar vermal lobules I-V, VI-VII, VIII-X). Brain stem (35) and the fourth ventricle are not
+  part of it.
+- **ventricles** (barrier label 6) = the ventricular system: 51/52 (right/left lateral ventricle),
+  49/50 (right/left inferior lateral ventricle, the temporal horns), 4 (third ventricle) and 11
+  (fourth ventricle). Not the cavum septi pellucidi ("5th ventricle", 15) nor extra-ventricular CSF
+  (46).
+
+The method
+----------
+Each atlas (a skull-stripped T1 at 2 mm with these two structures at 1 mm; ``data/anatomy/oasis``,
+made by ``scripts/build_oasis_atlases.py``) is registered to the patient's skull-stripped image:
+the centred rigid and affine steps of ``atlas.register``, then two B-splines, coarse to fine (5 nodes
+per axis on 4 mm images, then 12 on 2 mm images, each on top of the previous), with Mattes mutual
+information, so T1, T1ce, T2 or FLAIR can be the fixed image, metric sampled at a fixed seed (the
+same output run after run).
+Each atlas's structures are carried onto the patient's grid as soft one-hot channels (linear
+interpolation), and the atlases' probabilities are averaged (label fusion by mean vote).
+
+- cerebellum: fused probability > 0.5, the largest connected piece, holes filled;
+- ventricles: registration puts the ventricles in the right place but not at the right size (the
+  atlas's ventricles are a given size; a patient's may be half or twice that). The image says which
+  voxels are CSF: a per-case intensity model takes the CSF intensity from the core of the fused
+  ventricles (probability >= 0.9) and the tissue intensity from the ring 2-6 mm around them, and
+  keeps voxels closer to CSF than to tissue (the mid-point: partial-volume voxels at the border go
+  to whichever they resemble more, whatever the sequence's contrast) within the fused probability's
+  reach (> 0.1, grown by 2 mm so larger-than-atlas ventricles are not cut) and connected to a
+  confident seed (probability > 0.5 and CSF-like). Where the model is not usable (contrast between
+  CSF and tissue too low, e.g. a badly normalised image) the fused mask is kept and a warning given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from ..io import load_volume, to_sitk
+from ..volume import Volume
+
+# ------------------------------------------------------------------------------- the definitions
+#: Neuromorphometrics labels making each barrier structure (barrier label -> labels).
+CEREBELLUM_LABELS: tuple[int, ...] = (38, 39, 40, 41, 71, 72, 73)
+VENTRICLE_LABELS: tuple[int, ...] = (4, 11, 49, 50, 51, 52)
+CEREBELLUM, VENTRICLES = 5, 6  # barrier labels (``brainbarriers.barriers.STRUCTURES``)
+NEUROMORPHOMETRICS: dict[int, tuple[int, ...]] = {CEREBELLUM: CEREBELLUM_LABELS, VENTRICLES: VENTRICLE_LABELS}
+CONVENTION = ("Neuromorphometrics (MICCAI 2012 multi-atlas labelling challenge): cerebellum = 38-41 + "
+              "vermis 71-73; ventricles = lateral 51/52 + inferior horns 49/50 + third 4 + fourth 11")
+
+ATLAS_FOLDER = "oasis"
+
+
+class BarrierWarning(UserWarning):
+    """Something the user should read about a barrier result (the step forwards it to the manifest)."""
+
+ATLAS_SUBJECTS = ("1000", "1001", "1002")
+
+
+def structures_from_neuromorphometrics(labels: np.ndarray) -> np.ndarray:
+    """Barrier labels (5 cerebellum, 6 ventricles, 0 elsewhere) of a Neuromorphometrics label map."""
+    out = np.zeros(labels.shape, np.uint8)
+    for barrier, members in NEUROMORPHOMETRICS.items():
+        out[np.isin(labels, members)] = barrier
+    return out
+
+
+# ---------------------------------------------------------------------------------- the atlases
+@dataclass(frozen=True)
+class Atlas:
+    name: str
+    t1: Volume  # skull-stripped T1 (0 outside the brain), about 2 mm
+    labels: Volume  # barrier labels 5/6, 1 mm, cropped around the structures
+
+
+def atlas_folder() -> Path:
+    from ..phantom import anatomy_folder
+
+    return anatomy_folder() / ATLAS_FOLDER
+
+
+@lru_cache(maxsize=1)
+def load_atlases() -> tuple[Atlas, ...]:
+    """The shipped atlases (OASIS subjects; CC BY-NC, see ``data/anatomy/oasis/README.md``)."""
+    folder = atlas_folder()
+    atlases = []
+    for name in ATLAS_SUBJECTS:
+        t1, labels = folder / f"oasis-{name}_t1.nii.gz", folder / f"oasis-{name}_barriers.nii.gz"
+        for path in (t1, labels):
+            if not path.exists():
+                raise FileNotFoundError(f"{path} is missing: run scripts/build_oasis_atlases.py")
+        atlases.append(Atlas(name, load_volume(t1), load_volume(labels)))
+    return tuple(atlases)
+
+
+def make_atlas(name: str, t1: Volume, neuromorphometrics: Volume, *, t1_spacing_mm: float = 2.0,
+               margin_mm: float = 8.0) -> Atlas:
+    """An atlas from a skull-stripped T1 and its Neuromorphometrics labels (same grid).
+
+    The T1 is smoothed and shrunk to about ``t1_spacing_mm`` and scaled to 0-255 (99.5th centile of
+    the brain); the two structures are kept at the labels' own resolution, cropped to their box
+    grown by ``margin_mm``."""
+    if not t1.grid.same_as(neuromorphometrics.grid, atol=1e-3):
+        raise ValueError(f"atlas {name}: the T1 and the labels are on different grids")
+    brain = t1.array > 0
+    if not brain.any():
+        raise ValueError(f"atlas {name}: the T1 is empty (expected a skull-stripped T1)")
+    image = t1.array.astype(np.float32)
+    image = np.clip(image / np.percentile(image[brain], 99.5) * 255.0, 0, 255)
+    from .atlas import _shrunk  # the registration's own downsampling
+
+    small = _shrunk(to_sitk(t1.with_array(image.astype(np.float32))), t1_spacing_mm)
+    from ..io import _from_sitk
+
+    t1_small = _from_sitk(small, Path(f"atlas {name}"))
+    t1_small = t1_small.with_array(np.round(np.clip(t1_small.array, 0, 255)).astype(np.uint8))
+    labels = structures_from_neuromorphometrics(neuromorphometrics.array)
+    idx = np.argwhere(labels > 0)
+    if not len(idx):
+        raise ValueError(f"atlas {name}: no cerebellum or ventricle labels")
+    margin = np.ceil(margin_mm / neuromorphometrics.spacing).astype(int)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, labels.shape)
+    crop = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    affine = neuromorphometrics.affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
+    return Atlas(name, t1_small, Volume(crop, affine))
+
+
+# ---------------------------------------------------------------------------------- registration
+def register_deformable(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform, *,
+                        meshes: tuple[int, ...] = (5, 12), iterations: int = 40, sampling: float = 0.2,
+                        ) -> sitk.Transform:
+    """B-splines on top of ``initial`` (fixed -> moving points), one per entry of ``meshes`` (nodes
+    per axis), coarse to fine: each is optimised (L-BFGS-B, Mattes mutual information, metric
+    sampled at a fixed seed) with the previous ones as the moving image's initial transform (sampled
+    as a displacement field once it holds a B-spline), the coarser on images shrunk by 2, the last
+    at the images' own resolution (about 2 mm)."""
+    steps = ([initial.GetNthTransform(n) for n in range(initial.GetNumberOfTransforms())]
+             if isinstance(initial, sitk.CompositeTransform) else [initial])
+    for n, mesh in enumerate(meshes):
+        shrink = 2 ** (len(meshes) - 1 - n)
+        bspline = sitk.BSplineTransformInitializer(fixed, [mesh] * fixed.GetDimension())
+        reg = sitk.ImageRegistrationMethod()
+        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        reg.SetMetricSamplingPercentage(sampling, seed=1)
+        reg.SetInterpolator(sitk.sitkLinear)
+        reg.SetShrinkFactorsPerLevel([shrink])
+        reg.SetSmoothingSigmasPerLevel([float(shrink)])
+        reg.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=iterations)
+        before = sitk.CompositeTransform(steps)
+        if n > 0:  # ITK cannot differentiate a B-spline by position: hand it over as a field
+            from .atlas import dense_transform
+
+            before = dense_transform(before, fixed)
+        reg.SetMovingInitialTransform(before)
+        reg.SetInitialTransform(bspline, inPlace=True)
+        reg.Execute(fixed, moving)
+        steps.append(bspline)
+    # Points go through the last transform first: the finest B-spline, ..., then rigid and affine.
+    return sitk.CompositeTransform(steps)
+
+
+def _brain_box(brain: np.ndarray, margin: int) -> tuple[slice, ...]:
+    idx = np.argwhere(brain)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, brain.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _sub_volume(volume: Volume, box: tuple[slice, ...], array: np.ndarray | None = None) -> Volume:
+    affine = volume.affine.copy()
+    start = np.array([s.start for s in box], float)
+    affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return Volume(volume.array[box] if array is None else array, affine)
+
+
+def warp_structures(atlas: Atlas, reference: sitk.Image, transform: sitk.Transform) -> np.ndarray:
+    """(2, ...) probabilities of the atlas's cerebellum and ventricles on ``reference``'s grid ([i, j, k]).
+
+    The transform is first sampled as a displacement field (``atlas.dense_transform``)."""
+    from .atlas import dense_transform
+
+    dense = dense_transform(transform, reference)
+    out = []
+    for value in (CEREBELLUM, VENTRICLES):
+        onehot = to_sitk(atlas.labels.with_array((atlas.labels.array == value).astype(np.float32)))
+        warped = sitk.Resample(onehot, reference, dense, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        out.append(sitk.GetArrayFromImage(warped).transpose(2, 1, 0))
+    return np.stack(out)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())[1:]
+    return lab == 1 + int(np.argmax(sizes))
+
+
+def csf_refine(image: np.ndarray, brain: np.ndarray, prob: np.ndarray, spacing: np.ndarray, *,
+               reach: float = 0.1, grow_mm: float = 2.0) -> tuple[np.ndarray, str | None]:
+    """Ventricles: the fused probability ``prob`` restricted to CSF-like voxels (module docstring).
+
+    Returns (mask, warning or None)."""
+    fused = prob > 0.5
+    core = (prob >= 0.9) & brain
+    if core.sum() < 50:
+        core = fused & brain
+    if core.sum() < 20:
+        return fused, "ventricles: too few confident atlas voxels for the CSF model; the atlas mask is kept"
+    dist_out = ndi.distance_transform_edt(~fused, sampling=spacing)
+    ring = brain & (dist_out >= 2.0) & (dist_out <= 6.0) & (prob < 0.05)
+    values = image.astype(np.float32)
+    csf = float(np.median(values[core]))
+    tissue = float(np.median(values[ring])) if ring.any() else float(np.median(values[brain]))
+    spread = float(np.std(values[brain])) + 1e-6
+    if abs(csf - tissue) < 0.5 * spread:
+        return fused, ("ventricles: the image barely separates CSF from tissue around the ventricles; "
+                       "the atlas mask is kept unrefined")
+    # CSF-likeness: 1 at the CSF intensity, 0 at the tissue's, whatever the contrast's sign.
+    likeness = (values - tissue) / (csf - tissue)
+    allowed = (prob > reach) | (ndi.distance_transform_edt(prob <= 0.5, sampling=spacing) <= grow_mm)
+    candidate = allowed & brain & (likeness > 0.5)
+    seeds = candidate & fused
+    lab, n = ndi.label(candidate)
+    if n == 0:
+        return fused, "ventricles: no CSF-like voxel where the atlases put the ventricles; the atlas mask is kept"
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(lab[seeds])] = True
+    keep[0] = False
+    return keep[lab], None
+
+
+def fuse(probs: list[np.ndarray]) -> np.ndarray:
+    return np.mean(probs, axis=0).astype(np.float32)
+
+
+def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[Atlas, ...] | None = None,
+                          refine_ventricles: bool = True, meshes: tuple[int, ...] = (5, 12),
+                          iterations: int = 40, sampling: float = 0.2,
+                          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Cerebellum (5) and ventricles (6) on ``image``'s grid: (labels, fused probabilities (2, ...),
+    warnings). ``image`` is any MR sequence; ``brain_mask`` is on its grid."""
+    from .atlas import _shrunk, _skull_stripped, register
+
+    if not image.grid.same_as(brain_mask.grid, atol=1e-3):
+        raise ValueError("multi-atlas: the brain mask is not on the image's grid")
+    brain = brain_mask.array > 0
+    if not brain.any():
+        raise ValueError("multi-atlas: empty brain mask")
+    atlases = load_atlases() if atlases is None else atlases
+    if not atlases:
+        raise ValueError("multi-atlas: no atlas given")
+    box = _brain_box(brain, 3)
+    sub_image, sub_brain = _sub_volume(image, box), brain[box]
+    fixed = _skull_stripped(sub_image, sub_brain)
+    fixed_small = _shrunk(fixed, 2.0)
+    reference = to_sitk(_sub_volume(image, box, np.zeros(sub_brain.shape, np.float32)))
+    probs = []
+    for atlas in atlases:
+        moving = sitk.Cast(to_sitk(atlas.t1), sitk.sitkFloat32)
+        initial = register(fixed, moving, deformable=False)
+        transform = register_deformable(fixed_small, moving, initial, meshes=meshes,
+                                        iterations=iterations, sampling=sampling)
+        probs.append(warp_structures(atlas, reference, transform))
+    fused = fuse(probs)
+    warnings: list[str] = []
+    cerebellum = fused[0] > 0.5
+    cerebellum = ndi.binary_fill_holes(_largest(cerebellum & sub_brain)) if cerebellum.any() else cerebellum
+    if refine_ventricles:
+        ventricles, warning = csf_refine(sub_image.array, sub_brain, fused[1], image.spacing)
+        if warning:
+            warnings.append(warning)
+    else:
+        ventricles = fused[1] > 0.5
+    ventricles &= sub_brain & ~cerebellum
+    labels = np.zeros(image.shape, np.uint8)
+    labels[box] = np.where(cerebellum, CEREBELLUM, np.where(ventricles, VENTRICLES, 0))
+    full = np.zeros((2, *image.shape), np.float32)
+    full[(slice(None), *box)] = fused
+    return labels, full, warnings
