@@ -1,28 +1,71 @@
-"""Per-structure Dice on held-out generated cases: stage 1 alone, two-stage, and the atlas stage.
+"""Per-structure Dice of the barrier stages: on real labelled heads, and on held-out generated cases.
 
+    python bench/barriers_accuracy.py --oasis [--data ../shared/data/oasis-miccai2012] [--subjects 1000 ...]
     python bench/barriers_accuracy.py [--models FOLDER] [--seeds 9001 9002 9003] [--no-atlas]
 
-The cases are ``barriers.phantom.make_barrier_case(seed)`` at 2 mm (the demo models were trained on
-seeds 1000-1011, so 9000+ are unseen). Prints one row per case and method and the means; the last
-column is the mean over the six structures (the figure the paper's claim is about).
+``--oasis``: the real OASIS heads with manual Neuromorphometrics labels (structure definitions in
+``brainbarriers.barriers.multiatlas``), the atlas stage as it was (``anatomy=template``: the SRI24
+template's cerebellum and ventricles) beside the new one (``anatomy=multiatlas``), leave-one-out:
+each head is segmented with atlases made from the *other* heads only (never with itself). Prints,
+per head and method, Dice of the cerebellum and ventricles, the ventricle volumes (predicted / true,
+ml), the wall and CPU seconds of the whole atlas stage, then the means.
+
+Without ``--oasis``: generated cases ``barriers.phantom.make_barrier_case(seed)`` at 2 mm (the demo
+models were trained on seeds 1000-1011, so 9000+ are unseen): stage 1 alone, two-stage, and the
+atlas stage; the last column is the mean over the six structures.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 
+OASIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-miccai2012"
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--models", default=None, help="model-set folder (default: the shipped demo set)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[9001, 9002, 9003])
-    p.add_argument("--no-atlas", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
 
+def oasis(data: Path, subjects: list[str]) -> None:
+    from brainbarriers.barriers.atlas import atlas_barriers
+    from brainbarriers.barriers.multiatlas import (
+        CEREBELLUM,
+        CONVENTION,
+        VENTRICLES,
+        make_atlas,
+        structures_from_neuromorphometrics,
+    )
+    from brainbarriers.io import load_volume
+    from brainbarriers.metrics import dice
+
+    heads = {s: (load_volume(data / s / f"{s}_SS.nii.gz"), load_volume(data / s / f"{s}_glm.nii.gz"))
+             for s in subjects}
+    atlases = {s: make_atlas(s, *heads[s]) for s in subjects}
+    print(f"structures: {CONVENTION}")
+    print(f"{'head':>6} {'method':>10} {'cerebellum':>10} {'ventricles':>10} {'vent ml':>13} {'wall s':>7} "
+          f"{'cpu s':>7}  atlases")
+    rows: dict[str, list[list[float]]] = {}
+    for s in subjects:
+        t1, labels = heads[s]
+        truth = structures_from_neuromorphometrics(labels.array)
+        brain = t1.with_array((t1.array > 0).astype(np.uint8))
+        others = tuple(atlases[o] for o in subjects if o != s)
+        ml = float(np.prod(t1.spacing)) / 1000
+        for method in ("template", "multiatlas"):
+            w0, c0 = time.perf_counter(), time.process_time()
+            pred, _ = atlas_barriers(t1, brain, anatomy=method, atlases=others)
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            cb, ve = dice(pred == CEREBELLUM, truth == CEREBELLUM), dice(pred == VENTRICLES, truth == VENTRICLES)
+            rows.setdefault(method, []).append([cb, ve, wall, cpu])
+            vols = f"{(pred == VENTRICLES).sum() * ml:5.1f} / {(truth == VENTRICLES).sum() * ml:5.1f}"
+            used = "SRI24" if method == "template" else "+".join(a.name for a in others)
+            print(f"{s:>6} {method:>10} {cb:10.3f} {ve:10.3f} {vols:>13} {wall:7.1f} {cpu:7.1f}  {used}", flush=True)
+    for method, r in rows.items():
+        m = np.mean(r, axis=0)
+        print(f"{'mean':>6} {method:>10} {m[0]:10.3f} {m[1]:10.3f} {'':>13} {m[2]:7.1f} {m[3]:7.1f}")
+
+
+def phantoms(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -59,6 +102,27 @@ def main() -> None:
     for method, scores in rows.items():
         m = np.mean(scores, axis=0)
         print(f"{'mean':>6} {method:>10} " + " ".join(f"{d:10.3f}" for d in m) + f" {np.mean(m):6.3f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--oasis", action="store_true", help="real labelled heads, template vs multi-atlas")
+    p.add_argument("--data", default=str(OASIS))
+    p.add_argument("--subjects", nargs="+", default=["1000", "1001", "1002"])
+    p.add_argument("--models", default=None, help="model-set folder (default: the shipped demo set)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[9001, 9002, 9003])
+    p.add_argument("--no-atlas", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    if args.oasis:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+        if len(args.subjects) < 2:
+            p.error("--oasis needs at least two subjects (each is segmented with the others as atlases)")
+        oasis(Path(args.data), args.subjects)
+    else:
+        phantoms(args)
 
 
 if __name__ == "__main__":
