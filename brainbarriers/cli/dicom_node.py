@@ -10,7 +10,7 @@ import threading
 
 
 def _node(args: argparse.Namespace) -> int:
-    from ..dicom.node import DicomNode, load_config
+    from ..dicom.node import DicomNode, check_steps, load_config
     from ..errors import InputError
 
     try:
@@ -19,6 +19,7 @@ def _node(args: argparse.Namespace) -> int:
         raise InputError(None, "dicom-node needs pynetdicom: pip install 'brainbarriers[dicom]'") from None
     config = load_config(args.config)
     if args.check:
+        check_steps(config)
         print(f"{args.config}: valid; would listen as {config.ae_title} on {config.bind}:"
               f"{config.port} and send to {config.destination.describe()}")
         return 0

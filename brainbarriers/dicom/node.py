@@ -12,7 +12,9 @@ The node keeps everything in its spool folder, so that nothing received is lost 
 ``<key>`` is a hash of the Study Instance UID: logs and folder names carry no patient identifier.
 An image is on disk (written under a temporary name, then renamed) before its C-STORE is answered
 with success. A study is queued once no image of it has arrived for ``quiet_seconds`` and no
-association carrying it is open; one worker runs the queue in order. On start the node reads the
+association carrying it is open; one worker runs the queue in order, each job in a child process
+(``brainbarriers.dicom.job``: the pipeline, then the exports), so that the node itself stays small
+and keeps receiving at full speed while a study runs. On start the node reads the
 spool back: studies being received wait for their quiet time again, queued and interrupted
 (running) jobs are queued again, results not yet sent are sent again.
 """
@@ -24,6 +26,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -75,6 +79,7 @@ class NodeConfig:
     series_rules: list[SeriesRule] = field(default_factory=list)
     send: list[str] = field(default_factory=lambda: list(RESULT_FORMATS))
     retry_seconds: float = 300.0
+    source: Path | None = None  # the configuration file
 
 
 def _ae_title(value, path: Path, key: str) -> str:
@@ -132,6 +137,7 @@ def load_config(path: str | Path) -> NodeConfig:
         destination=Destination(_ae_title(dest["ae_title"], path, "destination.ae_title"),
                                 dest["host"], _port(dest["port"], path, "destination.port")),
         allowed_calling_aets=[_ae_title(a, path, "allowed_calling_aets") for a in allowed],
+        source=path,
     )
     if "bind" in raw:
         config.bind = str(raw["bind"])
@@ -143,13 +149,7 @@ def load_config(path: str | Path) -> NodeConfig:
         steps = raw["steps"]
         if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps) or not steps:
             raise InputError(path, "steps must be a non-empty list of step names")
-        from ..pipeline import plan
-
-        try:
-            plan(steps)
-        except InputError as e:
-            raise InputError(path, f"steps: {e.problem}") from None
-        config.steps = steps
+        config.steps = steps  # their names are checked by check_steps (a child process)
     if "options" in raw:
         if not isinstance(raw["options"], dict) or not all(
                 isinstance(v, dict) for v in raw["options"].values()):
@@ -185,6 +185,21 @@ def load_config(path: str | Path) -> NodeConfig:
         config.series_rules.append(
             SeriesRule(pattern, None if rule["sequence"] == "ignore" else rule["sequence"]))
     return config
+
+
+def _job_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "brainbarriers.dicom.job", *args]
+
+
+def check_steps(config: NodeConfig) -> None:
+    """Check the configured steps in a child process (the node itself never loads the networks)."""
+    if not config.steps:
+        return
+    result = subprocess.run(_job_command("--check", "--steps", ",".join(config.steps)),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit code {result.returncode}"]
+        raise InputError(config.source, f"steps: {lines[-1]}")
 
 
 def study_key(study_uid: str) -> str:
@@ -265,7 +280,7 @@ class DicomNode:
         self._open: dict[str, int] = {}  # key -> associations carrying it still open
         self._assocs: dict[int, dict] = {}  # id(assoc) -> {"studies": {key: n}, "released": bool}
         self._stop = threading.Event()
-        self._cancel = None
+        self._child: subprocess.Popen | None = None
         self._server = None
         self._worker = None
         self.running_key: str | None = None
@@ -490,34 +505,40 @@ class DicomNode:
             self._set(key, status="failed", message=message)
             self.log.error("study %s: failed: %s", key, message)
             return
-        from ..errors import Cancelled
-        from ..pipeline import CancelToken, PipelineRun, plan
-        from .export import export_run
-
-        self._cancel = CancelToken()
-        try:
-            run = PipelineRun(series, study / "run", plan(self.config.steps),
-                              device=self.config.device, options=self.config.options,
-                              cancel=self._cancel)
-            run.run()
-            out = study / "out"
-            out.mkdir(exist_ok=True)
-            files, structures = [], 0
-            for fmt in self.config.send:
-                result = export_run(study / "run", fmt, out / f"{fmt}.dcm")
-                files.append(result.path)
-                structures = len(result.segments)
-        except Cancelled:
+        command = [f"--input={sequence}={folder}" for sequence, folder in series.items()]
+        command += ["--out", str(study / "run"), "--results", str(study / "out"),
+                    "--device", self.config.device, "--options", json.dumps(self.config.options),
+                    "--formats", ",".join(self.config.send)]
+        if self.config.steps:
+            command += ["--steps", ",".join(self.config.steps)]
+        with open(study / "job.log", "w") as log:
+            self._child = subprocess.Popen(_job_command(*command), stdout=subprocess.PIPE,
+                                           stderr=log, text=True)
+            while True:  # studies going quiet meanwhile are queued (and logged) at once
+                try:
+                    stdout, _ = self._child.communicate(timeout=self.poll_seconds)
+                    break
+                except subprocess.TimeoutExpired:
+                    self._due()
+        code, self._child = self._child.returncode, None
+        if code != 0 and self._stop.is_set():
             self._set(key, status="queued")
             self.log.info("study %s: run interrupted by the node stopping; re-queued", key)
             return
-        except InputError as e:
-            message = str(e).replace(str(study), f"<study {key}>")
+        if code != 0:
+            lines = (study / "job.log").read_text(errors="replace").strip().splitlines()
+            last = lines[-1] if lines else ""
+            if code == 2:
+                message = last.replace(str(study), f"<study {key}>")
+            else:
+                message = (f"internal error (exit code {code}): {last}; the whole message is in "
+                           f"{study / 'job.log'}")
             self._set(key, status="failed", message=message)
             self.log.error("study %s: failed: %s (%s)", key, message, "; ".join(notes))
             return
-        finally:
-            self._cancel = None
+        result = json.loads(stdout.strip().splitlines()[-1])
+        files = [Path(f) for f in result["files"]]
+        structures = len(result["segments"])
         seconds = time.monotonic() - t0
         try:
             sent = self._send(key, files)
@@ -562,6 +583,7 @@ class DicomNode:
         from pynetdicom import AE, StoragePresentationContexts, evt
         from pynetdicom.sop_class import Verification
 
+        check_steps(self.config)
         self.spool.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.spool / LOG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -592,8 +614,9 @@ class DicomNode:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._cancel is not None:
-            self._cancel.cancel()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()  # the job stops at its next safe point and is re-queued
         if self._server is not None:
             self._server.shutdown()
         if self._worker is not None:
