@@ -186,6 +186,11 @@ class PipelineJob:
         try:
             outputs = event["result"].get("outputs", {})
             self.nodes = bridge.import_outputs(self.scene, outputs, self.reference_node, self.name)
+            # The Segment Editor's Supervoxels effect builds its hierarchy from these images.
+            sources = ",".join(n.GetID() for n in self.inputs.values() if n.GetID())
+            for product in bridge.LABELMAP_PRODUCTS:
+                if self.nodes.get(product) is not None:
+                    self.nodes[product].SetAttribute("BrainBarriers.SupervoxelSources", sources)
         except Exception as e:  # the bridge removed what it had added
             st.state = "failed"
             st.error = {"kind": "import", "message": f"{type(e).__name__}: {e}",
