@@ -8,7 +8,10 @@ Columns: ASA in the tumour's region (higher is better), wVar, MI, GS (lower is b
 Scores are averaged over the cases.
 
     python bench/compare_supervoxels.py                   # make_case seeds 1-4, zoom 2, K = 5 (10 mm)
-    python bench/compare_supervoxels.py --real            # + BraTS-GLI-00000/00002 at 1 mm, K = 10
+    python bench/compare_supervoxels.py --real            # + the 16 real BraTS cases, 1 mm, K = 10
+    python bench/compare_supervoxels.py --real --skip-generated --real-cases Brats18_2013_20_1
+
+"Merged" is the merge hierarchy's level of 300 regions (``hierarchy``; the paper: about 300).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from brainbarriers.supervoxels import metrics
-from brainbarriers.supervoxels.merge import merge_supervoxels
+from brainbarriers.supervoxels.hierarchy import build_hierarchy
 from brainbarriers.supervoxels.slic import scale_to_unit, sslic
 
 SEQ = ("t1", "t1ce", "t2", "flair")
@@ -39,26 +42,29 @@ def generated_cases(seeds, zoom):
         yield f"make_case({seed}, zoom={zoom})", images, mask, case.truths["tumor"].array
 
 
-def real_cases():
+def real_cases(names=None):
     import nibabel as nib
 
-    for folder in sorted(REAL.glob("BraTS-*")):
+    folders = sorted(REAL.glob("BraTS-*")) + sorted((REAL.parent / "brats18").glob("Brats18_*"))
+    for folder in folders:
+        if names and folder.name not in names:
+            continue
         images = [np.asarray(nib.load(folder / f"{folder.name}_{s}.nii.gz").dataobj, np.float32)
                   for s in SEQ]
         truth = np.asarray(nib.load(folder / f"{folder.name}_seg.nii.gz").dataobj).astype(np.int16)
         yield folder.name, images, np.stack(images).max(0) > 0, truth
 
 
-def score_all(features: np.ndarray, mask, truth, size) -> dict[str, dict]:
-    """The four methods on one feature stack (M, X, Y, Z) in [0, 1]."""
+def score_all(features: np.ndarray, mask, truth, size, regions: int = 300) -> dict[str, dict]:
+    """The four methods on one feature stack (M, X, Y, Z) in [0, 1]; merged = the hierarchy's
+    level of ``regions`` regions."""
     out = {}
     for adaptive in (False, True):
         name = "SSLIC_Var" if adaptive else "SSLIC"
-        labels = sslic(features, mask, size=size, adaptive=adaptive)
-        merged, _ = merge_supervoxels(labels, features)
+        labels = sslic(features, mask, size=size, adaptive=adaptive).numpy().astype(np.int32)
+        merged = build_hierarchy(labels, list(features)).labels(labels, regions=regions)
         channels = list(features)
         for method, lab in ((name, labels), (f"{name} Merged", merged)):
-            lab = lab.numpy()
             scores = metrics.evaluate(lab, channels, truth)
             out[method] = {"ASA": scores["ASA"], "wVar": scores["wVar"], "MI": scores["MI"],
                            "GS": scores["GS"], "count": scores["count"]}
@@ -71,7 +77,9 @@ def main() -> int:
     p.add_argument("--zoom", type=int, default=2)
     p.add_argument("--size", type=int, default=None,
                    help="K in voxels (default: 10 // zoom, i.e. 10 mm as the paper's 10 voxels)")
-    p.add_argument("--real", action="store_true", help="also the two BraTS cases (1 mm, K = 10)")
+    p.add_argument("--real", action="store_true", help="also the real BraTS cases (1 mm, K = 10)")
+    p.add_argument("--real-cases", default="", help="comma-separated names (default: all 16)")
+    p.add_argument("--skip-generated", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,11 +112,14 @@ def main() -> int:
 
     seeds = [int(s) for s in args.seeds.split(",") if s]
     print(f"generated cases: seeds {seeds}, zoom {args.zoom}, K = {size} voxels")
-    show(f"Generated tumour cases (n = {len(seeds)}, zoom {args.zoom}, K = {size})",
-         run(generated_cases(seeds, args.zoom), size))
+    if not args.skip_generated:
+        show(f"Generated tumour cases (n = {len(seeds)}, zoom {args.zoom}, K = {size})",
+             run(generated_cases(seeds, args.zoom), size))
     if args.real:
+        names = [n for n in args.real_cases.split(",") if n]
         print("real BraTS cases, 1 mm, K = 10")
-        show("BraTS-GLI-00000-000 and -00002-000 (1 mm, K = 10)", run(real_cases(), 10))
+        show(f"Real BraTS cases {names or 'all'} (1 mm, K = 10; merged: 300 regions)",
+             run(real_cases(names), 10))
     return 0
 
 

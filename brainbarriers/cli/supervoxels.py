@@ -23,6 +23,8 @@ def _supervoxels(args: argparse.Namespace) -> int:
         extra["m"] = args.compactness
     if args.plain_slic:
         extra["adaptive"] = False
+    if args.regions is not None:
+        extra["regions"] = args.regions
     args.steps = "supervoxels"
     return execute(inputs, Path(args.out), args, extra_options={"supervoxels": extra})
 
@@ -33,8 +35,9 @@ def add_parser(sub) -> None:
         description="Oversegment the skull-stripped sequences inside the brain mask into "
         "supervoxels (multimodal SLIC with variance-adaptive compactness), merge similar touching "
         "supervoxels, and write OUT/supervoxels.nii.gz and OUT/supervoxels_merged.nii.gz on the "
-        "reference grid. Further options: --set supervoxels.KEY=VALUE (eps, max_factor, "
-        "iterations, alpha, beta, gamma, bins, threshold_edges, threshold, max_rounds).")
+        "reference grid; the merged map is the merge hierarchy's level of 300 regions. Further "
+        "options: --set supervoxels.KEY=VALUE (regions, threshold, eps, max_factor, iterations, "
+        "alpha, beta, gamma, bins, texture, order, threshold_edges).")
     for s in SEQUENCES:
         p.add_argument(f"--{s}", metavar="FILE",
                        help=f"{s.upper()} image (NIfTI, NRRD, MHA or a DICOM folder)")
@@ -51,6 +54,8 @@ def add_parser(sub) -> None:
                    help="supervoxel grid size in voxels: one number or three (default 10)")
     p.add_argument("--compactness", type=float, default=None, metavar="M",
                    help="compactness m (default 0.1, for sequences scaled to [0, 1])")
+    p.add_argument("--regions", type=int, default=None, metavar="N",
+                   help="regions in the merged map (default 300): a level of the merge hierarchy")
     p.add_argument("--plain-slic", action="store_true",
                    help="constant compactness (SLIC) instead of the variance-adaptive one")
     p.set_defaults(func=_supervoxels)

@@ -1,7 +1,9 @@
 """Multimodal supervoxels (SSLIC_Var), their graph-based merging, metrics and refinement.
 
-``slic.sslic`` oversegments the stacked sequences inside the brain mask, ``merge.merge_supervoxels``
-merges similar touching supervoxels, ``metrics`` scores a map as the paper does, and
+``slic.sslic`` oversegments the stacked sequences inside the brain mask, ``hierarchy.build_hierarchy``
+records the merging of similar touching supervoxels as a merge tree (any level in milliseconds),
+``merge.merge_supervoxels`` is the earlier round-based merging (one level), ``metrics`` scores a map
+as the paper does, and
 ``snap.snap_to_supervoxels`` snaps a label map to the supervoxels. ``step.STEP`` is the pipeline
 step (imported lazily by the registry).
 """

@@ -28,6 +28,16 @@ Method (Pelluet et al., BrainLes 2021, Sect. 3.2, after Fu et al.), read as foll
   re-weighted, is the finest-grained form of the same procedure; its record is a binary merge tree
   (a dendrogram). It continues until one region per connected piece of the map is left, so every
   coarser level is in the record.
+- **Order** (``order``): ``"weight"`` merges by w alone, as the paper; ``"ward"`` (default) by
+  ``x^2 * n_i n_j / (n_i + n_j)`` (n: voxel counts), Ward's increase of within-region spread
+  applied to the paper's distance. By w alone, a large merged region has smooth histograms and a
+  middling mean and goes on absorbing unlike neighbours (chaining); the size factor makes small
+  regions merge first and large unlike ones last. Measured on the real case Brats18_2013_20_1
+  (1693 SSLIC_Var supervoxels, tumour ASA 0.812): tumour ASA at 300 regions 0.774 by Ward order
+  vs 0.710 by w (texture on); at 600: 0.791 vs 0.763; from K = 8 (3262 supervoxels) the w order
+  falls to 0.516 at 300. Heights are recorded in the order's own unit (w, or the Ward cost), so a
+  threshold level is read in that unit; the paper's T is a w, and ``paper_level`` is meaningful
+  for ``order="weight"``.
 - **Threshold** T (Eq. 5): ``T = mean_i (min_j w_ij - std_j w_ij)`` on the initial graph, with the
   edges e_j "connected to supervoxel i" read as those of the nearest-neighbour graph at i
   (``threshold_edges="nng"``, default; ``"rag"``: all adjacency edges, which gives T < 0 on real
@@ -209,8 +219,8 @@ class Hierarchy:
     """A recorded merge sequence over supervoxels 1..n.
 
     ``merges[t] = (a, b)``: at step t the regions holding supervoxels a and b (1-based ids, each the
-    representative of its region) became one, at weight ``heights[t]``. ``threshold`` is the
-    paper's T.
+    representative of its region) became one, at height ``heights[t]`` (w, or the Ward cost: see
+    the module docstring). ``threshold`` is the paper's T (a w).
     """
 
     n: int
