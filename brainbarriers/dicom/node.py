@@ -268,8 +268,10 @@ class DicomNode:
     """The Storage SCP, its spool and the worker. ``start()`` returns at once; ``stop()`` waits
     for the worker to reach a safe point (a running pipeline is cancelled; its job is re-queued)."""
 
-    def __init__(self, config: NodeConfig, *, poll_seconds: float = 0.5):
+    def __init__(self, config: NodeConfig, *, poll_seconds: float = 0.5,
+                 stop_seconds: float = 30.0):
         self.config = config
+        self.stop_seconds = stop_seconds
         self.spool = config.spool
         self.studies = self.spool / "studies"
         self.poll_seconds = poll_seconds
@@ -617,6 +619,10 @@ class DicomNode:
         child = self._child
         if child is not None and child.poll() is None:
             child.terminate()  # the job stops at its next safe point and is re-queued
+            try:
+                child.wait(timeout=self.stop_seconds)
+            except subprocess.TimeoutExpired:  # no safe point in time: its outputs are atomic
+                child.kill()
         if self._server is not None:
             self._server.shutdown()
         if self._worker is not None:
