@@ -493,7 +493,13 @@ class DicomNode:
         t0 = time.monotonic()
         if state["status"] == "unsent":
             self._set(key, status="running")
-            sent = self._send(key, [study / "out" / f"{f}.dcm" for f in self.config.send])
+            try:
+                sent = self._send(key, [study / "out" / f"{f}.dcm" for f in self.config.send])
+            except OSError as e:
+                self._set(key, status="unsent", message=str(e))
+                self.log.error("study %s: still not sent: %s; retried every %g s", key, e,
+                               self.config.retry_seconds)
+                return
             self._set(key, status="done", message=sent)
             self.log.info("study %s: done: %s (sent again after a failed send)", key, sent)
             return
