@@ -417,3 +417,48 @@ def test_series_classification_from_attributes_and_site_rules(tmp_path):
     assert classify_series(series(SeriesDescription="KM_3D_T2_like"), rules)[0] == "t1ce"
     sequence, why = classify_series(series(SeriesDescription="T1 localizer"), rules)
     assert sequence is None and "site rule" in why
+
+
+def test_results_not_sent_are_kept_and_sent_again(tmp_path):
+    """The destination down: the result stays 'unsent' and is sent once it answers (any SCP)."""
+    from brainbarriers.dicom.rtstruct import write_rtstruct
+    from brainbarriers.labels import SEGMENTS_BY_OUTPUT
+
+    volume = Volume(np.arange(8 * 8 * 6, dtype=np.float32).reshape(8, 8, 6), np.eye(4))
+    series = write_series(volume, tmp_path / "images")
+    mask = np.zeros(volume.shape, bool)
+    mask[2:6, 2:6, 1:5] = True
+    key = "00000000deadbeef"
+    out = tmp_path / "spool" / "studies" / key / "out"
+    out.mkdir(parents=True)
+    write_rtstruct(out / "rtstruct.dcm", series, [("brain_mask", SEGMENTS_BY_OUTPUT["brain_mask"][1],
+                                                   mask)], volume.affine)
+    (out.parent / "state.json").write_text(json.dumps({"status": "unsent", "updated": 0}))
+    dest = free_port()
+    config = load_config(node_config(tmp_path, free_port(), dest, steps=None, retry_seconds=0.5,
+                                     send=["rtstruct"]))
+    received = []
+
+    def on_store(event):
+        received.append(event.dataset.SOPInstanceUID)
+        return 0x0000
+
+    node = DicomNode(config, poll_seconds=0.1)
+    node.start()
+    try:
+        wait_for(lambda: any(f"study {key}: still not sent: no association with the destination "
+                             f"ORTHANC@127.0.0.1:{dest}" in line for line in log_lines(config.spool)),
+                 60, "the failed send's log line")
+        assert node.status()[key] == "unsent"
+        ae = pynetdicom.AE(ae_title="ORTHANC")
+        ae.add_supported_context(RTSTRUCT_STORAGE)
+        server = ae.start_server(("127.0.0.1", dest), block=False,
+                                 evt_handlers=[(pynetdicom.evt.EVT_C_STORE, on_store)])
+        try:
+            line = wait_for(lambda: outcome(config.spool, key), 60, "the resend")
+        finally:
+            server.shutdown()
+    finally:
+        node.stop()
+    assert "done: sent RTSTRUCT to ORTHANC" in line and "sent again" in line, line
+    assert received == [pydicom.dcmread(out / "rtstruct.dcm").SOPInstanceUID]
