@@ -18,6 +18,16 @@ Brain Structure Segmentation in Radiotherapy" (paper 000, Section III):
   MRB: F_m' = F_m (+) down(F_h), alpha_m = sigmoid(W_h * down(F_h)), F_m^c = alpha_m . F_m';
   (+) is concatenation, W_* pointwise convs to one channel, up = trilinear, down = max pooling;
   the last BFC (depth 7, both at full resolution) has no resampling;
+- **fusion** (``fusion="conv"``, the default): as in the authors' implementation, each concatenation
+  passes through a conv block (the branch's own kind) back to the branch's width before the
+  attention multiplies it, F_h' = Block([F_h, up(F_m)]) with ch channels and F_m' = Block([F_m,
+  down(F_h), skip]) with that depth's mr channels; a decoder block takes only the upsampled F_m and
+  its encoder skip joins the fusion. HMRNet-p with three inputs then has 3.10 M parameters (the
+  paper's Section V: "3.4 million"; the authors' code, with one more fusion block and a 3x3x3
+  output conv, 3.12 M). ``fusion="concat"`` is the lighter layout this package had first (the
+  calibrated concatenations, ch + cm channels, feed the next blocks directly; decoder blocks take the
+  skip; 1.62 M): the shipped phantom demo set (``data/models/barriers_demo``) was trained with it and
+  its manifests say so;
 - the two branches' final features are concatenated and fused by a 1x1x1 conv and softmax.
 
 Deep supervision (paper IV-A): pointwise heads on decoder blocks 5 and 6 (1/4 and 1/2 resolution);
@@ -37,6 +47,7 @@ MR_CHANNELS = (16, 32, 64, 128, 64, 32, 16)
 HR_CHANNELS = 8
 # Resolution level of each multi-resolution block (0 full, 1 half, ...).
 LEVELS = (0, 1, 2, 3, 2, 1, 0)
+FUSIONS = ("conv", "concat")
 
 
 def _kernel(size: int, slice_axis: int, along: bool) -> tuple[int, int, int]:
@@ -74,16 +85,28 @@ class ConvBlock(nn.Sequential):
 
 
 class BFC(nn.Module):
-    """Bidirectional Feature Calibration between F_h (full resolution) and F_m (``factor`` coarser)."""
+    """Bidirectional Feature Calibration between F_h (full resolution) and F_m (``factor`` coarser).
 
-    def __init__(self, ch: int, cm: int, factor: int):
+    ``fusion="concat"``: the attention multiplies the concatenations (ch + cm channels out on both
+    sides). ``fusion="conv"``: a conv block (``kind``, ``slice_axis``) first fuses each concatenation
+    back to ch (high-resolution side) and cm (multi-resolution side, whose concatenation also takes
+    the decoder's ``skip`` channels of encoder features)."""
+
+    def __init__(self, ch: int, cm: int, factor: int, *, fusion: str = "concat", kind: str = "p",
+                 slice_axis: int = 2, skip: int = 0):
         super().__init__()
-        self.factor = factor
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion is one of {FUSIONS}, not {fusion!r}")
+        self.factor, self.fusion = factor, fusion
         self.w_m = nn.Conv3d(cm, 1, 1)  # squeezes the upsampled F_m into the attention map for HRB
         self.w_h = nn.Conv3d(ch, 1, 1)  # squeezes the downsampled F_h into the attention map for MRB
+        if fusion == "conv":
+            self.fuse_h = ConvBlock(ch + cm, ch, kind, slice_axis)
+            self.fuse_m = ConvBlock(cm + ch + skip, cm, kind, slice_axis)
         self.last_attention: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def forward(self, fh: torch.Tensor, fm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, fh: torch.Tensor, fm: torch.Tensor, skip: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.factor > 1:
             fm_up = F.interpolate(fm, size=fh.shape[2:], mode="trilinear", align_corners=False)
             fh_down = F.max_pool3d(fh, self.factor)
@@ -92,9 +115,11 @@ class BFC(nn.Module):
         alpha_h = torch.sigmoid(self.w_m(fm_up))
         alpha_m = torch.sigmoid(self.w_h(fh_down))
         self.last_attention = (alpha_h.detach(), alpha_m.detach())
-        fh_c = alpha_h * torch.cat([fh, fm_up], dim=1)
-        fm_c = alpha_m * torch.cat([fm, fh_down], dim=1)
-        return fh_c, fm_c
+        fh_cat = torch.cat([fh, fm_up], dim=1)
+        fm_cat = torch.cat([fm, fh_down] + ([skip] if skip is not None else []), dim=1)
+        if self.fusion == "conv":
+            fh_cat, fm_cat = self.fuse_h(fh_cat), self.fuse_m(fm_cat)
+        return alpha_h * fh_cat, alpha_m * fm_cat
 
 
 class HMRNet(nn.Module):
@@ -108,58 +133,67 @@ class HMRNet(nn.Module):
         hr_channels: int = HR_CHANNELS,
         mr_channels: tuple[int, ...] = MR_CHANNELS,
         deep_supervision: bool = True,
+        fusion: str = "conv",
     ):
         super().__init__()
         if kind not in ("p", "s"):
             raise ValueError("kind is 'p' (3D) or 's' (2.5D)")
         if len(mr_channels) != 7:
             raise ValueError("HMRNet has seven multi-resolution blocks")
-        self.kind, self.slice_axis, self.deep_supervision = kind, slice_axis, deep_supervision
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion is one of {FUSIONS}, not {fusion!r}")
+        self.kind, self.slice_axis, self.deep_supervision, self.fusion = kind, slice_axis, deep_supervision, fusion
         self.config = {"in_channels": in_channels, "out_channels": out_channels, "kind": kind,
                        "slice_axis": slice_axis, "hr_channels": hr_channels,
-                       "mr_channels": list(mr_channels), "deep_supervision": deep_supervision}
+                       "mr_channels": list(mr_channels), "deep_supervision": deep_supervision,
+                       "fusion": fusion}
         ch, mc = hr_channels, list(mr_channels)
         self.hr_blocks = nn.ModuleList()
         self.mr_blocks = nn.ModuleList()
         self.bfcs = nn.ModuleList()
+        conv = fusion == "conv"
         hr_in, mr_in = in_channels, in_channels
         skips: dict[int, int] = {}
         for d in range(7):
             self.hr_blocks.append(ConvBlock(hr_in, ch, kind, slice_axis))
-            cin = mr_in
-            if d >= 4:  # decoder: concatenates the skip from the encoder block at this level
-                cin += skips[LEVELS[d]]
-            self.mr_blocks.append(ConvBlock(cin, mc[d], kind, slice_axis))
+            skip = skips[LEVELS[d]] if d >= 4 else 0  # decoder: the encoder's features at this level
+            self.mr_blocks.append(ConvBlock(mr_in + (0 if conv else skip), mc[d], kind, slice_axis))
             if d < 3:
                 skips[LEVELS[d]] = mc[d]
             if d == 0:
                 hr_in, mr_in = ch, mc[0]
             else:
-                self.bfcs.append(BFC(ch, mc[d], 2 ** LEVELS[d]))
-                hr_in, mr_in = ch + mc[d], mc[d] + ch
+                self.bfcs.append(BFC(ch, mc[d], 2 ** LEVELS[d], fusion=fusion, kind=kind,
+                                     slice_axis=slice_axis, skip=skip if conv else 0))
+                hr_in, mr_in = (ch, mc[d]) if conv else (ch + mc[d], mc[d] + ch)
         self.fuse = nn.Conv3d(hr_in + mr_in, out_channels, 1)
         # Deep supervision heads on decoder blocks 5 and 6 (their BFC-calibrated outputs).
-        self.ds_heads = nn.ModuleList([nn.Conv3d(mc[4] + ch, out_channels, 1),
-                                       nn.Conv3d(mc[5] + ch, out_channels, 1)])
+        widths = (mc[4], mc[5]) if conv else (mc[4] + ch, mc[5] + ch)
+        self.ds_heads = nn.ModuleList([nn.Conv3d(w, out_channels, 1) for w in widths])
 
     def forward(self, x: torch.Tensor):
         if any(s % 8 for s in x.shape[2:]):
             raise ValueError(f"HMRNet needs spatial sizes divisible by 8, got {tuple(x.shape[2:])}")
         fh, fm = x, x
+        conv = self.fusion == "conv"
         skips: dict[int, torch.Tensor] = {}
         ds: list[torch.Tensor] = []
         for d in range(7):
             fh = self.hr_blocks[d](fh)
+            skip = skips[LEVELS[d]] if d >= 4 else None
             if 1 <= d <= 3:
                 fm = F.max_pool3d(fm, 2)
             elif d >= 4:
                 fm = F.interpolate(fm, scale_factor=2, mode="trilinear", align_corners=False)
-                fm = torch.cat([fm, skips[LEVELS[d]]], dim=1)
+                if not conv:
+                    fm = torch.cat([fm, skip], dim=1)
             fm = self.mr_blocks[d](fm)
-            if d < 3:
-                skips[LEVELS[d]] = fm
+            if d < 3 and not conv:
+                skips[LEVELS[d]] = fm  # the first layout kept the block's output, before the BFC
             if d >= 1:
-                fh, fm = self.bfcs[d - 1](fh, fm)
+                fh, fm = self.bfcs[d - 1](fh, fm, skip if conv else None)
+            if d < 3 and conv:
+                skips[LEVELS[d]] = fm
             if d in (4, 5):
                 ds.append(fm)
         out = self.fuse(torch.cat([fh, fm], dim=1))
