@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", help="ABCs 2020 challenge training folder (NNN_t1/_t2/_ct/_labelmap_task1)")
     src.add_argument("--phantom", type=int, help="train on this many generated cases instead")
     p.add_argument("--out", required=True, help="model-set folder to write (stage1/, stage2_<structure>/)")
-    p.add_argument("--sequences", default="t1ce,t2", help="input sequences, comma-separated (e.g. ct,t1ce,t2)")
+    p.add_argument("--sequences", default=None,
+                   help="input sequences, comma-separated (default: ct,t1ce,t2 when every case has a CT - "
+                        "the paper's best setting - else t1ce,t2)")
     p.add_argument("--structures", default="falx,tentorium,sagittal_sinus,transverse_sinus,cerebellum,ventricles",
                    help="structures to train stage-2 models for (comma-separated keys)")
     p.add_argument("--iterations1", type=int, default=3000)
@@ -27,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filters", default="32,64,128,256", help="DynUNet filters per level")
     p.add_argument("--hr-channels", type=int, default=8)
     p.add_argument("--mr-channels", default="16,32,64,128,64,32,16")
+    p.add_argument("--fusion", choices=("conv", "concat"), default="conv",
+                   help="HMRNet layout: conv (a conv block fuses each concatenation before the BFC attention, "
+                        "as the authors' code; default) or concat (the lighter first layout)")
     p.add_argument("--patch", default="64,64,64", help="stage-2 training patch / sliding window")
     p.add_argument("--margin", type=int, default=10, help="voxels added around the coarse bounding box")
     p.add_argument("--reach", type=_reach, default=5.0,
@@ -53,6 +58,8 @@ def _reach(text: str) -> float | None:
 
 
 def main(args) -> int:
+    # Imported here, not at the top: the options above must load without torch, and train.py does
+    # not import this module (no import circle).
     from .train import main as train_main
 
     return train_main(args)

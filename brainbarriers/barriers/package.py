@@ -61,6 +61,10 @@ def load_network(folder: str | Path, device: str = "cpu") -> tuple[torch.nn.Modu
     pkg = load_package(folder)
     if not pkg.task.startswith("barriers-stage"):
         raise InputError(pkg.path, f"is a {pkg.task!r} model, not a barriers model")
+    arch = pkg.manifest["architecture"]
+    if arch.get("name") == "hmrnet" and "fusion" not in arch.get("params", {}):
+        # Written before HMRNet had fusion blocks: the layout those weights were trained with.
+        arch.setdefault("params", {})["fusion"] = "concat"
     return pkg.build_network(device=device), pkg.manifest
 
 

@@ -10,8 +10,14 @@ Data (one of):
   mask: z-scoring uses the labelled structures' region dilated by 15 mm, filled.
 - ``--phantom N``: N generated cases with barrier truths (``barriers.phantom``), seeds 1000.. .
 
+Inputs (``--sequences``): by default CT + T1ce + T2 when every case has a CT (the paper's best
+setting, Table III), else T1ce + T2.
+
 Training follows paper 000 (IV-A): stage 1 a DynUNet on the whole volume at ``--stage1-spacing``
-with Dice + CE, its truth brought to that spacing keeping thin structures whole (``coarse_labels``); stage 2 one HMRNet per structure (HMRNet-s for falx and sinuses with their slice
+with Dice + CE and deep supervision as nnU-Net does it (an extra head on the decoder's half-resolution
+level; losses weighted 1 and 1/2, normalised, the coarsest decoder level left out:
+``nnunet_ds_weights``), its truth brought to that spacing keeping thin structures whole
+(``coarse_labels``); stage 2 one HMRNet per structure (with the authors' fusion blocks, ``--fusion``) (HMRNet-s for falx and sinuses with their slice
 axis, HMRNet-p for the others) on crops of the bounding box of stage-1 predictions + 10 voxels, the
 prediction taken, per iteration, from one of three stage-1 checkpoints (1/3, 2/3 and all of the
 iterations - the paper's epochs 100, 200, 300) at random; loss L_fn-Dice (theta per structure) + CE
@@ -39,11 +45,13 @@ from ..geometry import resample_to
 from ..io import load_volume
 from ..volume import Volume
 from . import N_CLASSES, STRUCTURES
-from .cli import add_arguments  # noqa: F401  (the options live in the light module)
 from .infer import bbox, grid_at_spacing, pad8, stack_inputs
 from .losses import coarse_loss, deep_supervision_loss
 from .package import write_package
 
+DS_HEADS_STAGE1 = 1  # extra deep-supervision heads of the stage-1 DynUNet (see nnunet_ds_weights)
+DEFAULT_SEQUENCES = ("t1ce", "t2")
+DEFAULT_SEQUENCES_WITH_CT = ("ct", "t1ce", "t2")  # the paper's best inputs (Table III)
 ABCS_LABELS = {1: 5, 2: 1, 3: 3, 4: 2, 5: 6}  # challenge task-1 value -> our label (3: sinuses, split)
 ABCS_FILES = {"ct": "ct", "t1ce": "t1", "t2": "t2"}
 
@@ -152,6 +160,24 @@ def make_optimizer(net: torch.nn.Module, lr: float, kind: str = "sgd") -> torch.
 
 
 # ---------------------------------------------------------------------------------- stage 1
+def nnunet_ds_weights(n_outputs: int, n_poolings: int) -> list[float]:
+    """nnU-Net's deep-supervision weights for outputs at full, 1/2, 1/4, ... resolution: halved per
+    level, zero for the outputs at the coarsest decoder level and below (the n_poolings-th output
+    on), normalised to sum 1."""
+    weights = [0.5 ** i if i < n_poolings - 1 else 0.0 for i in range(n_outputs)]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def stage1_loss(outputs: torch.Tensor, target: torch.Tensor, n_poolings: int) -> torch.Tensor:
+    """Dice + CE of the stage-1 net's output; with deep supervision (outputs stacked on axis 1, as
+    MONAI's DynUNet returns them in training) the heads' losses weighted by ``nnunet_ds_weights``."""
+    if outputs.dim() == target.dim() + 1:  # (B, C, ...) logits, no deep supervision
+        return coarse_loss(outputs, target)
+    weights = nnunet_ds_weights(outputs.shape[1], n_poolings)
+    return sum(w * coarse_loss(outputs[:, i], target) for i, w in enumerate(weights) if w > 0)
+
+
 def stage1_data(cases: list[Case], sequences: list[str], spacing: float) -> list[tuple[np.ndarray, np.ndarray]]:
     data = []
     for c in cases:
@@ -193,8 +219,10 @@ def train_stage1(cases: list[Case], args, log) -> tuple[torch.nn.Module, list[di
     torch.manual_seed(args.seed)
     sequences = args.sequences
     data = stage1_data(cases, sequences, args.stage1_spacing)
-    net_cfg = {"in_channels": len(sequences), "out_channels": N_CLASSES, "filters": list(args.filters)}
+    net_cfg = {"in_channels": len(sequences), "out_channels": N_CLASSES, "filters": list(args.filters),
+               "deep_supervision": DS_HEADS_STAGE1}
     net = make_localiser(**net_cfg)
+    n_poolings = len(args.filters) - 1
     opt = make_optimizer(net, args.lr, args.optimizer)
     total = args.iterations1
     marks = {max(1, total // 3), max(1, 2 * total // 3), total}
@@ -206,7 +234,7 @@ def train_stage1(cases: list[Case], args, log) -> tuple[torch.nn.Module, list[di
         xt, yt = augment(torch.from_numpy(x), torch.from_numpy(y), rng)
         xt, crop = pad8(xt[None])
         yt = F.pad(yt[None, None].float(), _pads(crop, xt.shape[2:]))[:, 0].long()
-        loss = coarse_loss(net(xt), yt)
+        loss = stage1_loss(net(xt), yt, n_poolings)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -252,7 +280,7 @@ def train_stage2(label: int, cases: list[Case], preds: list[list[np.ndarray]], a
     sequences = args.sequences
     net_cfg = {"in_channels": len(sequences), "out_channels": 2, "kind": s.kind, "slice_axis": s.slice_axis,
                "hr_channels": args.hr_channels, "mr_channels": list(args.mr_channels),
-               "deep_supervision": True}
+               "deep_supervision": True, "fusion": args.fusion}
     net = HMRNet(**{k: tuple(v) if isinstance(v, list) else v for k, v in net_cfg.items()})
     lr = args.lr if args.lr2 is None else args.lr2
     opt = make_optimizer(net, lr, args.optimizer)
@@ -306,6 +334,12 @@ def train_stage2(label: int, cases: list[Case], preds: list[list[np.ndarray]], a
 
 
 # ---------------------------------------------------------------------------------- CLI
+def default_sequences(cases: list[Case]) -> list[str]:
+    """CT + T1ce + T2 when every case has a CT (the paper's best inputs), else T1ce + T2."""
+    with_ct = bool(cases) and all("ct" in c.images for c in cases)
+    return list(DEFAULT_SEQUENCES_WITH_CT if with_ct else DEFAULT_SEQUENCES)
+
+
 def _ints(text) -> list[int]:
     return [int(v) for v in str(text).split(",") if v.strip()] if isinstance(text, str) else list(text)
 
@@ -313,7 +347,8 @@ def _ints(text) -> list[int]:
 def main(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
+    if args.sequences is not None:
+        args.sequences = [s.strip() for s in args.sequences.split(",") if s.strip()]
     args.filters, args.mr_channels, args.patch = _ints(args.filters), _ints(args.mr_channels), _ints(args.patch)
     if len(args.mr_channels) != 7:
         raise InputError(None, "--mr-channels needs seven values (HMRNet's seven blocks)")
@@ -332,6 +367,9 @@ def main(args) -> int:
         cases = load_abcs(args.data, mapping)
     else:
         cases = phantom_cases(args.phantom)
+    if args.sequences is None:
+        args.sequences = default_sequences(cases)
+        log(f"inputs {'+'.join(args.sequences)} (default for these cases)")
     missing = [s for s in args.sequences if any(s not in c.images for c in cases)]
     if missing:
         raise InputError(args.data, f"sequence(s) {missing} missing in some case")
