@@ -50,14 +50,15 @@ class SupervoxelRegions:
         self.hierarchy = hierarchy
         self._luts: dict[int, np.ndarray] = {}
         # Per supervoxel, the bounding box of its voxels: a region's box without scanning the map.
-        inside = np.nonzero(self.over)
-        ids = self.over[inside]
+        from scipy import ndimage as ndi
+
         n = hierarchy.n
-        self._lo = np.full((n + 1, 3), np.iinfo(np.int32).max, np.int64)
-        self._hi = np.full((n + 1, 3), -1, np.int64)
-        for axis in range(3):
-            np.minimum.at(self._lo[:, axis], ids, inside[axis])
-            np.maximum.at(self._hi[:, axis], ids, inside[axis])
+        self._lo = np.zeros((n + 1, 3), np.int64)
+        self._hi = np.zeros((n + 1, 3), np.int64)
+        for label, box in enumerate(ndi.find_objects(self.over, max_label=n), start=1):
+            if box is not None:
+                self._lo[label] = [b.start for b in box]
+                self._hi[label] = [b.stop - 1 for b in box]
 
     @classmethod
     def from_nodes(cls, labelmap_node, volume_nodes: Sequence, **options) -> SupervoxelRegions:
