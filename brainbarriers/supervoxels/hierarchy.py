@@ -16,8 +16,9 @@ Method (Pelluet et al., BrainLes 2021, Sect. 3.2, after Fu et al.), read as foll
   ``Dc = sqrt(sum_mod (Y_mod,i - Y_mod,j)^2 / M)`` (Eq. 3) and
   ``Dt = sqrt(sum_mod L1_mod(i, j) / (2 M))`` (Eq. 4), ``L1_mod`` being the Manhattan distance of
   the normalised histograms averaged over the 9 histograms (intensity + 8 directions) of sequence
-  mod (each L1 lies in [0, 2]). With ``texture=False`` only the intensity histogram enters Dt (the
-  implementation before this module).
+  mod (each L1 lies in [0, 2]). With ``texture=False`` (the default) only the intensity histogram
+  enters Dt: on three real BraTS 2018 cases (bench/supervoxels_cohort.py) the texture histograms
+  changed tumour ASA at 300 regions from 0.782 to 0.779 and cost 3.6 instead of 1.0 CPU s.
 - **Edge weight** ``w = 1 - exp(-x^2 / gamma)``, ``x = (alpha Dc + beta Dt) / (alpha + beta)``,
   alpha = 0.5, beta = 0.1, gamma = 0.1 (Sect. 4.3). Eq. 2 writes ``exp(-x^2 / gamma)``, a
   similarity, while the text calls w a dissimilarity merged when *below* a threshold; 1 - exp(...)
@@ -296,7 +297,7 @@ def build_hierarchy(
     beta: float = 0.1,
     gamma: float = 0.1,
     bins: int = BINS,
-    texture: bool = True,
+    texture: bool = False,
     texture_bins: int = TEXTURE_BINS,
     threshold_edges: str = "nng",
     order: str = "ward",

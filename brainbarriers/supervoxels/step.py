@@ -7,7 +7,9 @@ the oversegmentation and the hierarchy, e.g. by the Slicer effect's slider). Opt
 (``--set supervoxels.KEY=VALUE``): ``size`` (K, voxels: one number or three, default 10), ``m``
 (0.1), ``eps`` (0.01), ``adaptive`` (true: SSLIC_Var; false: SLIC), ``max_factor`` (10, the clamp
 of m_k / m), ``iterations`` (5), ``alpha`` (0.5), ``beta`` (0.1), ``gamma`` (0.1), ``bins`` (32),
-``texture`` (true: the 8-direction texture histograms), ``order`` ("ward" or "weight", see
+``texture`` (false; true adds the paper's 8-direction texture histograms: on 3 real BraTS
+cases tumour ASA at 300 regions 0.779 with them, 0.782 without, for 3.6 vs 1.0 CPU s),
+``order`` ("ward" or "weight", see
 ``hierarchy``), ``regions`` (default 300, or a quarter of the supervoxels when there are fewer than
 1200), ``threshold`` (cut at this merge height instead of a count), ``threshold_edges``.
 """
@@ -67,7 +69,7 @@ def compute_supervoxels(images: list[np.ndarray], mask: np.ndarray, *, device: s
     hierarchy = build_hierarchy(
         over, list(features), alpha=float(o.get("alpha", 0.5)), beta=float(o.get("beta", 0.1)),
         gamma=float(o.get("gamma", 0.1)), bins=int(o.get("bins", 32)),
-        texture=_flag(o.get("texture", True)), order=str(o.get("order", "ward")),
+        texture=_flag(o.get("texture", False)), order=str(o.get("order", "ward")),
         threshold_edges=str(o.get("threshold_edges", "nng")),
         progress=lambda f, msg: report(0.8 + 0.2 * f, msg))
     if o.get("threshold") is not None:
