@@ -56,6 +56,11 @@ CEREBELLUM = frozenset([38, 39, 40, 41, 71, 72, 73])
 OCCIPITAL_TEMPORAL = frozenset(v for pair in (108, 114, 116, 122, 128, 132, 134, 144, 154, 156, 160, 170,
                                               180, 184, 196, 200, 202, 206) for v in (pair, pair + 1))
 
+# Deep structures no sheet may cut: brainstem, ventricles, basal ganglia, thalamus, ventral DC,
+# hippocampus, amygdala, accumbens, basal forebrain, optic chiasm.
+DEEP = frozenset([35, 4, 11, 15, 49, 50, 51, 52, 36, 37, 55, 56, 57, 58, 59, 60, 61, 62, 47, 48,
+                  31, 32, 33, 34, 23, 30, 70, 75, 76, 69])
+FLUID = frozenset([46, 63, 64])  # CSF, right and left vessel
 SHEETS = {"falx": 1, "tentorium": 2}  # barrier label of each sheet
 NEAR_MM = 4.0
 TOLERANCE_MM = 3.0
@@ -123,10 +128,13 @@ def sheets_from_labels(labels: Volume, reach_mm: float = SHEET_REACH_MM) -> Volu
 
     Each sheet is the set of voxels whose distances to the interface's two sides (left and right
     hemisphere; cerebellum and occipital/temporal cortex) differ by at most one voxel size, both
-    within ``reach_mm`` (wider than ``NEAR_MM``: the fissure is wider than 8 mm in places), and
-    that are unlabelled or belong to one of the two sides (so the sheet never cuts through the
-    brainstem, thalamus or ventricles). The falx is kept above the corpus callosum (as its
-    interface) and nearer the cerebrum than the cerebellum (it ends on the tentorium).
+    within ``reach_mm`` (wider than ``NEAR_MM``: the fissure is wider than 8 mm in places). The
+    tentorium keeps to unlabelled voxels, CSF or vessel labels (``FLUID``) and its two sides' edges
+    (so it never cuts the brainstem or the cerebral white matter); the falx keeps out of the deep
+    structures (``DEEP``: brainstem, ventricles, thalamus...) and the cerebellum, above the corpus
+    callosum (as its interface) and nearer the cerebrum than the cerebellum (it ends on the
+    tentorium). (An allow-list for the falx as for the tentorium left holes where the labels give
+    fissure voxels to other structures, and a 15 mm CTV leaked through them.)
     A band two voxels wide: |da - db| changes by at most two voxel sizes per face step, so it leaves
     no face-connected hole from one side to the other where it is defined.
     """
@@ -141,9 +149,14 @@ def sheets_from_labels(labels: Volume, reach_mm: float = SHEET_REACH_MM) -> Volu
         da, db = _distances(a, sp), _distances(b, sp)
         distances[name] = (da, db)
         sheet = (da <= reach_mm) & (db <= reach_mm) & (np.abs(da - db) <= float(sp.max()))
-        sheet &= (lab == 0) | a | b
+        if name == "tentorium":  # only in the gap's CSF or vessels, or on either side's edge
+            sheet &= (lab == 0) | np.isin(lab, list(FLUID)) | a | b
+        else:
+            sheet &= ~np.isin(lab, list(DEEP))
         if name == "falx":
-            sheet &= _above_corpus_callosum(lab, sp) & (np.minimum(da, db) < distances["tentorium"][0])
+            cerebellum = sides["tentorium"][0]
+            sheet &= _above_corpus_callosum(lab, sp) & ~cerebellum
+            sheet &= np.minimum(da, db) < distances["tentorium"][0]
         out[sheet & (out == 0)] = SHEETS[name]
     return reorient_to(canon.with_array(out), labels.grid)
 
