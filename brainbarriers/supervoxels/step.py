@@ -7,8 +7,8 @@ the oversegmentation and the hierarchy, e.g. by the Slicer effect's slider). Opt
 (``--set supervoxels.KEY=VALUE``): ``size`` (K, voxels: one number or three, default 10), ``m``
 (0.1), ``eps`` (0.01), ``adaptive`` (true: SSLIC_Var; false: SLIC), ``max_factor`` (10, the clamp
 of m_k / m), ``iterations`` (5), ``alpha`` (0.5), ``beta`` (0.1), ``gamma`` (0.1), ``bins`` (32),
-``texture`` (false; true adds the paper's 8-direction texture histograms: on 3 real BraTS
-cases tumour ASA at 300 regions 0.779 with them, 0.782 without, for 3.6 vs 1.0 CPU s),
+``texture`` (false; true adds the paper's 8-direction texture histograms: on 4 real BraTS
+cases tumour ASA at 300 regions 0.753 with them, 0.758 without, for 3.4 vs 0.9 CPU s),
 ``order`` ("ward" or "weight", see
 ``hierarchy``), ``regions`` (default 300, or a quarter of the supervoxels when there are fewer than
 1200), ``threshold`` (cut at this merge height instead of a count), ``threshold_edges``.
