@@ -370,6 +370,11 @@ def test_train_cli_two_iterations_and_abcs_layout(tmp_path, barrier_case):
     models = load_model_set(out)
     assert sorted(models["stage2"]) == [1, 5]
     assert models["stage2"][1][1]["architecture"]["params"]["kind"] == "s"
+    # What training writes now: HMRNets with the fusion blocks, stage 1 with a deep-supervision head,
+    # T1ce + T2 by default when the cases have no CT.
+    assert all(m["architecture"]["params"]["fusion"] == "conv" for _, m in models["stage2"].values())
+    assert models["stage1"][1]["architecture"]["params"]["deep_supervision"] == 1
+    assert models["stage1"][1]["inputs"] == ["t1ce", "t2"]
     images = {s: barrier_case.sequences[s] for s in ("t1ce", "t2")}
     brain = barrier_case.truths["brain_mask"].array > 0
     labels, coarse, _ = two_stage(models, images, brain)
@@ -384,3 +389,67 @@ def test_train_cli_two_iterations_and_abcs_layout(tmp_path, barrier_case):
     assert fg[near].max() > 0 and fg[~near].max() == 0
     whole_box = run_stage2(net, dict(man, config=dict(man["config"], reach=None)), images, brain, coarse_mask)
     assert whole_box[~near].max() > 0  # the untrained net fires everywhere in the box
+
+
+# ------------------------------------------------------------------ stage-1 deep supervision, inputs
+def test_nnunet_deep_supervision_weights_by_hand():
+    from brainbarriers.barriers.train import nnunet_ds_weights
+
+    # nnU-Net: 1, 1/2, 1/4, ... with the coarsest decoder level's output left out, normalised.
+    assert nnunet_ds_weights(2, 3) == pytest.approx([2 / 3, 1 / 3])
+    assert nnunet_ds_weights(3, 3) == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert nnunet_ds_weights(4, 5) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
+
+
+def test_stage1_localiser_deep_supervision_and_its_loss():
+    from brainbarriers.barriers.losses import coarse_loss
+    from brainbarriers.barriers.train import DS_HEADS_STAGE1, stage1_loss
+    from brainbarriers.nets.localiser import make_localiser
+
+    torch.manual_seed(0)
+    net = make_localiser(2, 7, filters=(4, 8, 16, 32), deep_supervision=DS_HEADS_STAGE1)
+    x = torch.randn(1, 2, 16, 16, 16)
+    out = net.train()(x)
+    assert tuple(out.shape) == (1, 1 + DS_HEADS_STAGE1, 7, 16, 16, 16)  # heads stacked on axis 1
+    assert tuple(net.eval()(x).shape) == (1, 7, 16, 16, 16)
+    assert not torch.allclose(out[:, 0], out[:, 1])  # a separate head, not a copy
+    target = torch.randint(0, 7, (1, 16, 16, 16))
+    expected = 2 / 3 * coarse_loss(out[:, 0], target) + 1 / 3 * coarse_loss(out[:, 1], target)
+    assert stage1_loss(out, target, n_poolings=3).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert stage1_loss(out[:, 0], target, 3).item() == pytest.approx(coarse_loss(out[:, 0], target).item())
+    # The demo set's stage 1 (no heads) still builds from its manifest, which has no such key.
+    legacy = make_localiser(2, 7, filters=(4, 8, 16, 32))
+    assert not any("deep_supervision" in k for k in legacy.state_dict())
+
+
+def test_default_inputs_are_the_papers_best_when_a_ct_is_given():
+    from brainbarriers.barriers.train import Case, default_sequences
+
+    def case(*sequences):
+        return Case("c", {s: None for s in sequences}, None, None)
+
+    assert default_sequences([case("ct", "t1ce", "t2"), case("ct", "t1ce", "t2")]) == ["ct", "t1ce", "t2"]
+    assert default_sequences([case("ct", "t1ce", "t2"), case("t1ce", "t2")]) == ["t1ce", "t2"]
+    assert default_sequences([case("t1ce", "t2")]) == ["t1ce", "t2"]
+
+
+@needs_demo_models
+def test_demo_set_keeps_its_recorded_hmrnet_layout(tmp_path):
+    """The demo weights predate the fusion blocks: their manifests say ``fusion: concat`` and they
+    load strictly into that layout; a manifest written before the key existed reads the same."""
+    import json
+    import shutil
+
+    from brainbarriers.barriers.package import load_network
+    from brainbarriers.barriers.step import demo_models_folder
+
+    for folder in sorted(demo_models_folder().glob("stage2_*")):
+        net, man = load_network(folder)
+        assert man["architecture"]["params"]["fusion"] == "concat" and net.fusion == "concat"
+    old = tmp_path / "stage2_falx"
+    shutil.copytree(demo_models_folder() / "stage2_falx", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["architecture"]["params"]["fusion"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    net, _ = load_network(old)
+    assert net.fusion == "concat"
