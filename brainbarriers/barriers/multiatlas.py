@@ -35,6 +35,10 @@ interpolation), and the atlases' probabilities are averaged (label fusion by mea
   reach (> 0.1, grown by 2 mm so larger-than-atlas ventricles are not cut) and connected to a
   confident seed (probability > 0.5 and CSF-like). Where the model is not usable (contrast between
   CSF and tissue too low, e.g. a badly normalised image) the fused mask is kept and a warning given.
+
+Status: an option (``barriers.anatomy=multiatlas``), not the default. Its accuracy on held-out heads
+is not yet measured (``bench/barriers_accuracy.py --oasis``), and its registration as configured
+here costs several minutes of CPU per atlas on a 1 mm head - far over the step's 60 s budget.
 """
 
 from __future__ import annotations
