@@ -78,7 +78,7 @@ def main() -> int:
         for name, pkg in packages.items():
             key = held_out_by(pkg, case["id"])
             nets = [pkg.build_network(key)] if key else None
-            runs = [("all", tuple(pkg.inputs))] + ([(s, s) for s in subsets]
+            runs = [("all", tuple(pkg.inputs))] + ([("+".join(s), s) for s in subsets]
                                                    if name == names[0] else [])
             for label, given in runs:
                 t = time.perf_counter()
