@@ -242,6 +242,7 @@ def test_a_study_pushed_with_storescu_comes_back_to_orthanc_as_rtstruct_and_seg(
     wait_for(lambda: state.exists() and json.loads(state.read_text())["status"] == "running", 120,
              "the first study's run to start")
     result = storescu(second["folder"], port)
+    second_received = time.time()
     assert result.returncode == 0, result.stderr
     assert json.loads(state.read_text())["status"] == "running", "sent during the run"
     done = wait_for(lambda: outcome(spool, key1), 600, f"the outcome of study {key1}")
@@ -251,7 +252,11 @@ def test_a_study_pushed_with_storescu_comes_back_to_orthanc_as_rtstruct_and_seg(
     assert "sent RTSTRUCT + SEG to ORTHANC@127.0.0.1" in done
     assert "series 99 ignored (modality OT, not MR or CT)" in done, done
     assert "t1ce=series 3" in done and "flair=series 5" in done, done
-    assert any(f"study {key2}: queued behind" in line for line in lines), lines
+    # Queued (and logged) during the run when it went quiet before the run ended: on a fast
+    # machine the first run may end within the quiet time, and the second is simply next.
+    first_ended = time.mktime(time.strptime(done[:19], "%Y-%m-%d %H:%M:%S"))
+    if first_ended - second_received > 2 + 2 * 0.5 + 1:  # quiet_seconds + two polls + log rounding
+        assert any(f"study {key2}: queued behind" in line for line in lines), lines
     assert lines.index(done) < lines.index(failed)
     assert f"study {key2}: failed: no FLAIR series (found: t1, t1ce, t2" in failed, failed
     # One outcome line per study, and no patient identifier (or study UID) anywhere in the log.

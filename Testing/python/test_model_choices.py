@@ -62,9 +62,10 @@ def stand_ins(monkeypatch):
         mask = Volume((image.array > 0).astype(np.uint8), image.affine)
         return types.SimpleNamespace(mask=mask, warnings=[], volume_ml=1.0)
 
-    def segment(images, brain, package, **kwargs):
+    def segment_with_uncertainty(images, brain, package, **kwargs):
         used["tumor"] = package.name
-        return Volume(np.zeros(SHAPE, np.uint8), np.eye(4))
+        return (Volume(np.zeros(SHAPE, np.uint8), np.eye(4)),
+                Volume(np.zeros(SHAPE, np.float32), np.eye(4)))
 
     def atlas_barriers(reference, brain_mask):
         used["barriers"] = "atlas"
@@ -75,7 +76,8 @@ def stand_ins(monkeypatch):
         return np.zeros(SHAPE, np.uint8), None, {"refined": []}
 
     monkeypatch.setattr("brainbarriers.skullstrip.step.brain_mask", brain_mask)
-    monkeypatch.setattr("brainbarriers.tumor.inference.segment", segment)
+    monkeypatch.setattr("brainbarriers.tumor.inference.segment_with_uncertainty",
+                        segment_with_uncertainty)
     monkeypatch.setattr("brainbarriers.barriers.atlas.atlas_barriers", atlas_barriers)
     monkeypatch.setattr("brainbarriers.barriers.infer.two_stage", two_stage)
     return used
