@@ -327,6 +327,7 @@ def sample_batch(data: list[dict], tf, size: int, seed: int, fold: int, it: int,
         s = s[0] if isinstance(s, list) else s
         if modality_dropout > 0 and rng.random() < modality_dropout:
             keep = PARTIAL_SUBSETS[int(rng.integers(len(PARTIAL_SUBSETS)))]
+            # In place: the augmentation's intensity scaling (prob 1) made a new array.
             s["image"][[c for c in range(len(SEQUENCES)) if c not in keep]] = 0
         out.append(s)
     return out
