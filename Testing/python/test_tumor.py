@@ -239,6 +239,10 @@ def test_with_flips_the_run_writes_where_the_passes_disagree(small_case_dir, tmp
     assert u.grid.same_as(mask.grid) and u.array.dtype == np.float32
     assert 0.0 <= u.array.min() and u.array.max() <= 1.0 and u.array.max() > 0.05
     assert not u.array[mask.array == 0].any()
+    # The labels do not depend on whether the disagreement was computed beside them.
+    images = {s: load_volume(inputs[s]) for s in SEQ}
+    plain = segment(images, mask, load_package("demo-hnfnetv2-phantom"), tta=True, flips=2)
+    assert np.array_equal(plain.array, load_volume(outputs["tumor"], allow_empty=True).array)
     with pytest.raises(InputError, match="tta_flips"):
         PipelineRun(inputs, tmp_path / "bad", [standin_skullstrip(
             small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",

@@ -184,19 +184,24 @@ def _prepare(images: Sequence[Volume | None], mask: Volume, kind: str, clip) -> 
 def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPackage,
             **kw) -> Volume:
     """BraTS labels (uint8, 0/1/2/4) on the grid of ``brain_mask`` from the package's inputs
-    (options as for ``segment_with_uncertainty``)."""
-    return segment_with_uncertainty(images, brain_mask, package, **kw)[0]
+    (options as for ``segment_with_uncertainty``; the disagreement map is not computed)."""
+    return _segment(images, brain_mask, package, spread=False, **kw)[0]
 
 
 def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
-                             package: ModelPackage, *, tta: bool = True, device: str = "cpu",
-                             small_et_ml: float | None = None,
-                             min_component_ml: float | None = None, overlap: float = 0.5,
-                             flips: int = len(FLIPS), nets: Sequence[torch.nn.Module] | None = None,
-                             progress: Callable[[float, str], None] | None = None
-                             ) -> tuple[Volume, Volume]:
+                             package: ModelPackage, **kw) -> tuple[Volume, Volume]:
     """BraTS labels (uint8, 0/1/2/4) and the passes' disagreement (float32, 0..1, zero outside the
     brain and everywhere when there is a single pass), both on the grid of ``brain_mask``."""
+    return _segment(images, brain_mask, package, spread=True, **kw)
+
+
+def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPackage, *,
+             spread: bool, tta: bool = True, device: str = "cpu",
+             small_et_ml: float | None = None, min_component_ml: float | None = None,
+             overlap: float = 0.5, flips: int = len(FLIPS),
+             nets: Sequence[torch.nn.Module] | None = None,
+             progress: Callable[[float, str], None] | None = None
+             ) -> tuple[Volume, Volume | None]:
     present = [s for s in package.inputs if s in images]
     if not package.accepts_subsets:
         package.require_inputs(images)
@@ -226,18 +231,23 @@ def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
     head = out.get("type", "regions")
     nets = nets if nets is not None else package.networks(device)
     roi = m.get("patch_size", [96, 96, 96])
-    prob, spread = predict_array(nets, crop, roi=roi, head=head, tta=tta, overlap=overlap,
-                                 device=device, progress=progress, spread=True, flips=flips)
-    full = np.zeros((prob.shape[0] + 1,) + mask.shape, np.float32)
+    predicted = predict_array(nets, crop, roi=roi, head=head, tta=tta, overlap=overlap,
+                              device=device, progress=progress, spread=spread, flips=flips)
+    channels = list(predicted) if spread else [predicted]  # probabilities (K), then the spread
+    prob = channels[0]
+    full = np.zeros((prob.shape[0] + spread,) + mask.shape, np.float32)
     if head == "labels":
         full[0] = 1.0  # background outside the box
-    full[(slice(None, -1),) + box] = prob
-    full[(-1,) + box] = spread
+    full[(slice(None, prob.shape[0]),) + box] = prob
+    if spread:
+        full[(-1,) + box] = channels[1]
     # Back to the input grid: probabilities (linear), then decisions.
     full = np.stack([onto(Volume(c, grid.affine), ref.grid).array for c in full])
     brain = ref.array > 0
-    uncertainty = ref.with_array(np.clip(full[-1] * brain, 0, 1).astype(np.float32))
-    full = full[:-1]
+    uncertainty = None
+    if spread:
+        uncertainty = ref.with_array(np.clip(full[-1] * brain, 0, 1).astype(np.float32))
+        full = full[:-1]
     if head == "regions":
         ch = {name: full[i] > 0.5 for i, name in enumerate(out["channels"])}
         labels = labels_from_regions(ch["WT"] & brain, ch["TC"] & brain, ch["ET"] & brain)
