@@ -1,6 +1,8 @@
 """Segment Editor effect "Supervoxels": click a region to add it to the selected segment
 (Ctrl + click removes it), at the granularity set by the "Regions" slider. Undo is the Segment
-Editor's (the state is saved before every click).
+Editor's (the state is saved before every click). With the tumour model's uncertainty map chosen,
+the panel lists the regions the model doubts most, most uncertain first; clicking one centres the
+slice views on it, so review starts where the model doubts.
 
 Thin glue: everything but Qt and the view interaction is in ``supervoxel_edit`` (Qt-free, tested
 with slicer-core). Registered by the BrainBarriers module at startup
@@ -17,8 +19,12 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 REGIONS_PARAMETER = "BrainBarriersSupervoxels.Regions"
 MAP_REFERENCE_ROLE = "BrainBarriersSupervoxels.Map"
-# The supervoxel map node's attribute listing the image node IDs its hierarchy is built from.
+UNCERTAINTY_REFERENCE_ROLE = "BrainBarriersSupervoxels.Uncertainty"
+# Attributes the module sets on a run's supervoxel map nodes: the image node IDs its hierarchy is
+# built from, and the run's uncertainty node ID.
 SOURCES_ATTRIBUTE = "BrainBarriers.SupervoxelSources"
+UNCERTAINTY_ATTRIBUTE = "BrainBarriers.Uncertainty"
+LISTED_REGIONS = 20
 
 
 class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
@@ -31,6 +37,8 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
         self._regions = None  # SupervoxelRegions of the chosen map, built on first use
         self._regionsKey = None
+        self._listed = []  # UncertainRegion of each row of the review list
+        self._listedKey = None
 
     def clone(self):
         import qSlicerSegmentationsEditorEffectsPythonQt as effects
@@ -72,6 +80,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addLabeledOptionsWidget("Regions:", self.regionsSlider)
         self.regionsSlider.connect("valueChanged(double)", self.updateMRMLFromGUI)
 
+        self.uncertaintySelector = slicer.qMRMLNodeComboBox()
+        self.uncertaintySelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+        self.uncertaintySelector.addEnabled = False
+        self.uncertaintySelector.removeEnabled = False
+        self.uncertaintySelector.noneEnabled = True
+        self.uncertaintySelector.setMRMLScene(slicer.mrmlScene)
+        self.uncertaintySelector.setToolTip("The tumour model's uncertainty map of the run "
+                                            "(tumor_uncertainty): lists where the model doubts")
+        self.scriptedEffect.addLabeledOptionsWidget("Uncertainty:", self.uncertaintySelector)
+        self.uncertaintySelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMRMLFromGUI)
+
+        self.uncertainList = qt.QListWidget()
+        self.uncertainList.setToolTip("Regions at the chosen granularity, the most uncertain first; "
+                                      "click one to centre the slice views on it")
+        self.scriptedEffect.addLabeledOptionsWidget("Review first:", self.uncertainList)
+        self.uncertainList.connect("itemClicked(QListWidgetItem*)", self.onUncertainRegionClicked)
+
     def createCursor(self, widget):
         return slicer.util.mainWindow().cursor
 
@@ -81,6 +106,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     def _mapNode(self):
         parameterNode = self.scriptedEffect.parameterSetNode()
         return parameterNode.GetNodeReference(MAP_REFERENCE_ROLE) if parameterNode else None
+
+    def _uncertaintyNode(self):
+        """The chosen uncertainty map, else the one of the run that made the supervoxel map."""
+        parameterNode = self.scriptedEffect.parameterSetNode()
+        node = parameterNode.GetNodeReference(UNCERTAINTY_REFERENCE_ROLE) if parameterNode else None
+        mapNode = self._mapNode()
+        if node is None and mapNode is not None and mapNode.GetAttribute(UNCERTAINTY_ATTRIBUTE):
+            node = slicer.mrmlScene.GetNodeByID(mapNode.GetAttribute(UNCERTAINTY_ATTRIBUTE))
+        return node
 
     def updateGUIFromMRML(self):
         mapNode = self._mapNode()
@@ -94,6 +128,40 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self.regionsSlider.maximum = regions.hierarchy.n
         self.regionsSlider.value = self.scriptedEffect.integerParameter(REGIONS_PARAMETER)
         self.regionsSlider.blockSignals(wasBlocked)
+        uncertaintyNode = self._uncertaintyNode()
+        wasBlocked = self.uncertaintySelector.blockSignals(True)
+        self.uncertaintySelector.setCurrentNode(uncertaintyNode)
+        self.uncertaintySelector.blockSignals(wasBlocked)
+        self._updateUncertainList(regions, uncertaintyNode)
+
+    def _updateUncertainList(self, regions, uncertaintyNode):
+        level = self.scriptedEffect.integerParameter(REGIONS_PARAMETER)
+        # The GUI is refreshed on every parameter change: rank again only when the inputs changed.
+        key = (id(regions), level, uncertaintyNode.GetID() if uncertaintyNode else None,
+               uncertaintyNode.GetMTime() if uncertaintyNode else 0)
+        if key == self._listedKey:
+            return
+        self._listedKey = key
+        self.uncertainList.clear()
+        self._listed = []
+        if regions is None or uncertaintyNode is None:
+            return
+        try:
+            self._listed = regions.most_uncertain(uncertaintyNode, level, LISTED_REGIONS)
+        except Exception as e:  # e.g. an uncertainty node without image data: say so, list nothing
+            logging.error(f"Supervoxels effect: {e}")
+            self.uncertainList.addItem(f"(uncertainty not readable: {e})")
+            return
+        for item in self._listed:
+            self.uncertainList.addItem(f"region {item.region}: uncertainty {item.uncertainty:.2f}, "
+                                       f"{item.volume_ml:.1f} ml")
+
+    def onUncertainRegionClicked(self, item):
+        row = self.uncertainList.row(item)
+        if 0 <= row < len(self._listed):
+            r, a, s = self._listed[row].ras
+            slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, r, a, s,
+                                                  slicer.vtkMRMLSliceNode.CenteredJumpSlice)
 
     def updateMRMLFromGUI(self):
         parameterNode = self.scriptedEffect.parameterSetNode()
@@ -101,6 +169,9 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         mapNode = self.mapSelector.currentNode()
         parameterNode.SetNodeReferenceID(MAP_REFERENCE_ROLE, mapNode.GetID() if mapNode else None)
+        uncertaintyNode = self.uncertaintySelector.currentNode()
+        parameterNode.SetNodeReferenceID(UNCERTAINTY_REFERENCE_ROLE,
+                                         uncertaintyNode.GetID() if uncertaintyNode else None)
         self.scriptedEffect.setParameter(REGIONS_PARAMETER, int(self.regionsSlider.value))
 
     def _regionsFor(self, mapNode, build=True):

@@ -55,6 +55,19 @@ class RunStatus:
     error: dict | None = None
 
 
+def link_supervoxel_maps(nodes: dict, input_nodes: dict) -> None:
+    """Mark a run's supervoxel map nodes with what the Segment Editor's Supervoxels effect needs:
+    the input image nodes its hierarchy is built from, and the run's uncertainty node (by which
+    it lists the regions to review first)."""
+    sources = ",".join(n.GetID() for n in input_nodes.values() if n.GetID())
+    uncertainty = nodes.get("tumor_uncertainty")
+    for product in bridge.LABELMAP_PRODUCTS:
+        if nodes.get(product) is not None:
+            nodes[product].SetAttribute("BrainBarriers.SupervoxelSources", sources)
+            if uncertainty is not None:
+                nodes[product].SetAttribute("BrainBarriers.Uncertainty", uncertainty.GetID())
+
+
 class PipelineJob:
     """A run of some steps on volume nodes of ``scene``; results imported into the same scene."""
 
@@ -186,11 +199,7 @@ class PipelineJob:
         try:
             outputs = event["result"].get("outputs", {})
             self.nodes = bridge.import_outputs(self.scene, outputs, self.reference_node, self.name)
-            # The Segment Editor's Supervoxels effect builds its hierarchy from these images.
-            sources = ",".join(n.GetID() for n in self.inputs.values() if n.GetID())
-            for product in bridge.LABELMAP_PRODUCTS:
-                if self.nodes.get(product) is not None:
-                    self.nodes[product].SetAttribute("BrainBarriers.SupervoxelSources", sources)
+            link_supervoxel_maps(self.nodes, self.inputs)
         except Exception as e:  # the bridge removed what it had added
             st.state = "failed"
             st.error = {"kind": "import", "message": f"{type(e).__name__}: {e}",

@@ -15,6 +15,7 @@ labelmap); Slicer's segmentation logic takes it from there onto the segmentation
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import slicer
@@ -33,6 +34,17 @@ from .scene import (
 )
 
 
+@dataclass(frozen=True)
+class UncertainRegion:
+    """A region to review: its id at the chosen level, the model's mean uncertainty over it (0..1),
+    its volume, and a world RAS point inside it (its voxel nearest to its centre) to jump to."""
+
+    region: int
+    uncertainty: float
+    volume_ml: float
+    ras: tuple[float, float, float]
+
+
 class SupervoxelRegions:
     """An oversegmentation (labelmap node, supervoxels 1..n) with its merge hierarchy.
 
@@ -49,6 +61,8 @@ class SupervoxelRegions:
                              f"'{labelmap_node.GetName()}' {int(self.over.max())}")
         self.hierarchy = hierarchy
         self._luts: dict[int, np.ndarray] = {}
+        self._uncertainty_key = None  # the uncertainty node state self._uncertainty was made from
+        self._uncertainty = None
         # Per supervoxel, the bounding box of its voxels: a region's box without scanning the map.
         from scipy import ndimage as ndi
 
@@ -113,6 +127,42 @@ class SupervoxelRegions:
         hi = self._hi[members].max(0) + 1
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
         return np.isin(self.over[box], members), box
+
+    def most_uncertain(self, uncertainty_node, level: int, limit: int = 20,
+                       min_uncertainty: float = 0.05) -> list[UncertainRegion]:
+        """The regions at ``level`` where the tumour model doubts most, highest mean uncertainty
+        first (``tumor.review.regions_by_uncertainty``): review starts there. The uncertainty map
+        (a scalar volume node, any grid) is resampled linearly onto the map's world grid, once per
+        node state."""
+        from brainbarriers.tumor.review import regions_by_uncertainty
+
+        uncertainty = self._uncertainty_on_map(uncertainty_node)
+        lut = self.regions_at(level)
+        regions = lut[self.over]
+        voxel_ml = abs(np.linalg.det(self.affine[:3, :3])) / 1000.0
+        found = []
+        for region, mean, voxels in regions_by_uncertainty(regions, uncertainty,
+                                                           min_uncertainty)[:limit]:
+            mask, box = self.region_mask(np.nonzero(lut == region)[0])
+            inside = np.argwhere(mask)
+            nearest = inside[np.argmin(((inside - inside.mean(0)) ** 2).sum(1))]
+            ijk = nearest + [b.start for b in box]
+            ras = (self.affine @ np.array([*ijk, 1.0]))[:3]
+            found.append(UncertainRegion(region, mean, voxels * voxel_ml,
+                                         tuple(float(v) for v in ras)))
+        return found
+
+    def _uncertainty_on_map(self, node) -> np.ndarray:
+        from brainbarriers.geometry import resample_to
+        from brainbarriers.volume import Grid
+
+        image = node.GetImageData()
+        key = (node.GetID(), node.GetMTime(), image.GetMTime() if image is not None else 0)
+        if self._uncertainty_key != key:
+            on_map = resample_to(node_to_volume(node), Grid(self.over.shape, self.affine))
+            self._uncertainty = np.asarray(on_map.array, np.float32)
+            self._uncertainty_key = key
+        return self._uncertainty
 
     # ------------------------------------------------------------------ to Slicer
     def modifier(self, ras: Sequence[float], level: int, segmentation_node=None, reference=None):

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "SlicerBrainBarriers"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 from BrainBarriersLib import scene as bridge  # noqa: E402
-from BrainBarriersLib.runner import PipelineJob  # noqa: E402
+from BrainBarriersLib.runner import PipelineJob, link_supervoxel_maps  # noqa: E402
 from test_worker import runnable_step  # noqa: E402
 
 from brainbarriers.io import load_volume  # noqa: E402
@@ -120,3 +120,20 @@ def test_real_run_imports_its_outputs(case_scene, tmp_path):
             np.testing.assert_array_equal(bridge.node_array(job.nodes[product]),
                                           load_volume(path, allow_empty=True).array)
     assert isinstance(bridge.node_to_volume(nodes["t1ce"]), Volume)
+
+
+def test_supervoxel_maps_name_their_images_and_the_runs_uncertainty(case_scene, small_case):
+    """What the Segment Editor's Supervoxels effect reads from a run's map nodes."""
+    scene, nodes = case_scene
+    volume = small_case.sequences["t1"]
+    made = {p: bridge.import_labelmap_volume(scene, volume.with_array(np.ones(volume.shape, np.int16)),
+                                             None, p) for p in ("supervoxels", "supervoxels_merged")}
+    link_supervoxel_maps(made, nodes)
+    sources = made["supervoxels"].GetAttribute("BrainBarriers.SupervoxelSources").split(",")
+    assert sorted(sources) == sorted(n.GetID() for n in nodes.values())
+    assert made["supervoxels"].GetAttribute("BrainBarriers.Uncertainty") is None  # no map: none named
+    made["tumor_uncertainty"] = bridge.import_uncertainty_volume(
+        scene, volume.with_array(np.zeros(volume.shape, np.float32)), None, "uncertainty")
+    link_supervoxel_maps(made, nodes)
+    for p in ("supervoxels", "supervoxels_merged"):
+        assert made[p].GetAttribute("BrainBarriers.Uncertainty") == made["tumor_uncertainty"].GetID()

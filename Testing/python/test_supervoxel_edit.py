@@ -150,3 +150,27 @@ def test_hierarchy_built_from_the_image_nodes(scene):
     lut = regions.regions_at(2)
     assert len(set(lut[[1, 2, 3, 4]])) == 1 and len(set(lut[[5, 6, 7, 8]])) == 1
     assert lut[1] != lut[5]
+
+
+def test_most_uncertain_regions_come_first_with_a_point_inside_each(setup):
+    """Uncertainty 0.9 on supervoxel 7 and 0.3 on supervoxel 5, given on another grid (the map's
+    world grid with its first axis reversed): at 4 regions ({1..4}, {5, 6}, {7}, {8}) the list is
+    {7} (mean 0.9) then {5, 6} (0.15); the calm regions are left out; each point lies in its region."""
+    scene, _, regions, _, over, world = setup
+    uncertainty = np.zeros(SHAPE, np.float32)
+    uncertainty[over == 7] = 0.9
+    uncertainty[over == 5] = 0.3
+    reverse_i = np.eye(4)
+    reverse_i[0, 0], reverse_i[0, 3] = -1.0, SHAPE[0] - 1
+    node = bridge.import_uncertainty_volume(
+        scene, Volume(uncertainty[::-1].copy(), world @ reverse_i), None, "uncertainty")
+    ranked = regions.most_uncertain(node, level=4)
+    assert [regions.region_at(r.ras, 4)[1].tolist() for r in ranked] == [[7], [5, 6]]
+    assert ranked[0].uncertainty == pytest.approx(0.9, abs=1e-5)
+    assert ranked[1].uncertainty == pytest.approx(0.15, abs=1e-5)
+    voxel_ml = 0.8 * 1.1 * 3.0 / 1000
+    assert ranked[0].volume_ml == pytest.approx((over == 7).sum() * voxel_ml)
+    assert ranked[1].volume_ml == pytest.approx(np.isin(over, [5, 6]).sum() * voxel_ml)
+    assert len(regions.most_uncertain(node, level=4, limit=1)) == 1
+    # at the finest level supervoxel 6 (no uncertainty) drops out of the list
+    assert [regions.region_at(r.ras, 8)[1].tolist() for r in regions.most_uncertain(node, 8)] == [[7], [5]]
