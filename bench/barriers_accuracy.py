@@ -4,9 +4,10 @@
     python bench/barriers_accuracy.py [--models FOLDER] [--seeds 9001 9002 9003] [--no-atlas]
 
 ``--oasis``: the real OASIS heads with manual Neuromorphometrics labels (structure definitions in
-``brainbarriers.barriers.multiatlas``), the atlas stage as it was (``anatomy=template``: the SRI24
-template's cerebellum and ventricles) beside the new one (``anatomy=multiatlas``), leave-one-out:
-each head is segmented with atlases made from the *other* heads only (never with itself). Prints,
+``brainbarriers.barriers.multiatlas``), the atlas stage's methods side by side (``--methods``):
+``template-raw`` (the SRI24 template's cerebellum and ventricles as registered), ``template`` (the
+default: the ventricles re-drawn from the image's CSF) and ``multiatlas`` (leave-one-out: each head
+is segmented with atlases made from the *other* heads only, never with itself). Prints,
 per head and method, Dice of the cerebellum and ventricles, the ventricle volumes (predicted / true,
 ml), the wall and CPU seconds of the whole atlas stage, then the means.
 
@@ -26,7 +27,7 @@ import numpy as np
 OASIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-miccai2012"
 
 
-def oasis(data: Path, subjects: list[str]) -> None:
+def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
     from brainbarriers.barriers.atlas import atlas_barriers
     from brainbarriers.barriers.multiatlas import (
         CEREBELLUM,
@@ -51,14 +52,17 @@ def oasis(data: Path, subjects: list[str]) -> None:
         brain = t1.with_array((t1.array > 0).astype(np.uint8))
         others = tuple(atlases[o] for o in subjects if o != s)
         ml = float(np.prod(t1.spacing)) / 1000
-        for method in ("template", "multiatlas"):
+        for method in methods:
             w0, c0 = time.perf_counter(), time.process_time()
-            pred, _ = atlas_barriers(t1, brain, anatomy=method, atlases=others)
+            if method == "template-raw":
+                pred, _ = atlas_barriers(t1, brain, anatomy="template", csf_ventricles=False)
+            else:
+                pred, _ = atlas_barriers(t1, brain, anatomy=method, atlases=others)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             cb, ve = dice(pred == CEREBELLUM, truth == CEREBELLUM), dice(pred == VENTRICLES, truth == VENTRICLES)
             rows.setdefault(method, []).append([cb, ve, wall, cpu])
             vols = f"{(pred == VENTRICLES).sum() * ml:5.1f} / {(truth == VENTRICLES).sum() * ml:5.1f}"
-            used = "SRI24" if method == "template" else "+".join(a.name for a in others)
+            used = "SRI24" if method.startswith("template") else "+".join(a.name for a in others)
             print(f"{s:>6} {method:>10} {cb:10.3f} {ve:10.3f} {vols:>13} {wall:7.1f} {cpu:7.1f}  {used}", flush=True)
     for method, r in rows.items():
         m = np.mean(r, axis=0)
@@ -109,6 +113,8 @@ def main() -> None:
     p.add_argument("--oasis", action="store_true", help="real labelled heads, template vs multi-atlas")
     p.add_argument("--data", default=str(OASIS))
     p.add_argument("--subjects", nargs="+", default=["1000", "1001", "1002"])
+    p.add_argument("--methods", default="template-raw,template,multiatlas",
+                   help="--oasis: which of template-raw, template, multiatlas to run")
     p.add_argument("--models", default=None, help="model-set folder (default: the shipped demo set)")
     p.add_argument("--seeds", type=int, nargs="+", default=[9001, 9002, 9003])
     p.add_argument("--no-atlas", action="store_true")
@@ -120,7 +126,7 @@ def main() -> None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
         if len(args.subjects) < 2:
             p.error("--oasis needs at least two subjects (each is segmented with the others as atlases)")
-        oasis(Path(args.data), args.subjects)
+        oasis(Path(args.data), args.subjects, args.methods.split(","))
     else:
         phantoms(args)
 

@@ -55,6 +55,24 @@ def test_the_csf_model_shrinks_an_atlas_ventricle_that_is_too_large(csf_bright):
     assert dice(mask, true) > 0.9
 
 
+def test_tissue_in_a_too_large_atlas_core_does_not_become_ventricle():
+    """CSF 30 (the ventricle, radius 5, and the outer CSF), grey matter 70 (a rim around the
+    ventricle and the cortex), white matter 100. The atlas's ventricle (radius 9) is so large that
+    its core is mostly the grey rim: the mid-point between core and surrounding tissue (85) would
+    take the rim in; the brain's CSF / grey-matter boundary keeps it out."""
+    shape = (44, 44, 44)
+    r = np.sqrt(((np.indices(shape) - 22) ** 2).sum(0))
+    brain = r <= 20
+    true = r <= 5
+    image = np.where(true | (r > 18), 30.0, np.where((r <= 8) | (r > 16), 70.0, 100.0))
+    image += np.random.default_rng(0).normal(0, 3, shape)
+    prob = np.clip((10.0 - r) / 2.0, 0, 1)  # 1 out to r = 8, 0 from r = 10
+    assert np.median(image[(prob >= 0.9) & brain]) > 60  # the core is mostly grey matter
+    mask, warning = M.csf_refine(image, brain, prob, np.ones(3))
+    assert warning is None
+    assert dice(mask, true) > 0.95
+
+
 def test_the_csf_model_keeps_the_atlas_mask_and_says_so_without_contrast():
     shape = (30, 30, 30)
     brain = _ball(shape, (15, 15, 15), 14)

@@ -38,11 +38,14 @@ by the brain mask) with SimpleITK: centred moments initialisation, rigid (Euler)
 B-spline (mesh of 5 nodes per axis), all with Mattes mutual information (contrast-agnostic, so
 T1ce, T2 or FLAIR work as the fixed image) on images downsampled to about 4 mm (2-level pyramid).
 The labels are carried over as one-hot channels with linear interpolation and an argmax (thin
-structures survive better than with nearest neighbour).
+structures survive better than with nearest neighbour). The ventricles are then re-drawn from the
+patient's own CSF within the registered ventricles' reach (``multiatlas.csf_refine``): registration
+puts them in the right place, not at the right size.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -270,15 +273,18 @@ DEFAULT_ANATOMY = "template"
 
 
 def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True,
-                   anatomy: str = DEFAULT_ANATOMY, atlases: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   anatomy: str = DEFAULT_ANATOMY, atlases: tuple | None = None,
+                   csf_ventricles: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """The template's barriers carried onto ``image``'s grid: (labels, probabilities of the template's
     labels).
 
     ``anatomy="multiatlas"`` replaces the template's cerebellum and ventricles by those
     of ``multiatlas.multiatlas_structures`` (OASIS atlases, label fusion, CSF model; its warnings are
     issued as ``BarrierWarning``; ``atlases``: those to use instead of the shipped ones, e.g. for a
-    leave-one-out measurement); ``"template"`` keeps the template's own. ``DEFAULT_ANATOMY`` says
-    which is the default."""
+    leave-one-out measurement); ``"template"`` keeps the template's cerebellum, and its ventricles
+    sharpened by the same per-case CSF model (``multiatlas.csf_refine``: the template's ventricles
+    are an adult average, a patient's may be half or twice their size), or as registered with
+    ``csf_ventricles=False``. ``DEFAULT_ANATOMY`` says which is the default."""
     if anatomy not in ANATOMY_CHOICES:
         raise ValueError(f"anatomy must be one of {', '.join(ANATOMY_CHOICES)}, got {anatomy!r}")
     t1, template_brain, template_labels = load_template()
@@ -289,14 +295,24 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     moving = _skull_stripped(t1, template_brain.array > 0)
     transform = register(fixed, moving, deformable=deformable)
     labels, prob = warp_labels(template_labels, fixed, transform)
+    from .multiatlas import (
+        CEREBELLUM,
+        VENTRICLES,
+        BarrierWarning,
+        csf_refine,
+        multiatlas_structures,
+    )
+
     if anatomy == "multiatlas":
-        import warnings
-
-        from .multiatlas import CEREBELLUM, VENTRICLES, BarrierWarning, multiatlas_structures
-
         structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases)
         for note in notes:
             warnings.warn(note, BarrierWarning, stacklevel=2)
         labels = np.where(np.isin(labels, (CEREBELLUM, VENTRICLES)), 0, labels)
         labels = np.where(structures > 0, structures, labels).astype(np.uint8)
+    elif csf_ventricles:
+        ventricles, note = csf_refine(image.array, brain, prob[VENTRICLES], image.spacing)
+        if note:
+            warnings.warn(note, BarrierWarning, stacklevel=2)
+        labels = np.where(labels == VENTRICLES, 0, labels).astype(np.uint8)
+        labels[ventricles & brain & (labels == 0)] = VENTRICLES
     return labels, prob

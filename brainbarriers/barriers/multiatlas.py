@@ -30,9 +30,11 @@ interpolation), and the atlases' probabilities are averaged (label fusion by mea
   atlas's ventricles are a given size; a patient's may be half or twice that). The image says which
   voxels are CSF: a per-case intensity model takes the CSF intensity from the core of the fused
   ventricles (probability >= 0.9) and the tissue intensity from the ring 2-6 mm around them, and
-  keeps voxels closer to CSF than to tissue (the mid-point: partial-volume voxels at the border go
-  to whichever they resemble more, whatever the sequence's contrast) within the fused probability's
-  reach (> 0.1, grown by 2 mm so larger-than-atlas ventricles are not cut) and connected to a
+  keeps voxels closer to CSF than to tissue (past the mid-point, whatever the sequence's contrast)
+  and past the brain's CSF / grey-matter boundary (three-class Otsu; the mid-point alone lets
+  tissue in when the atlas's ventricles are too large, their core being then part tissue) within
+  the fused probability's reach (> 0.1, grown by 2 mm so larger-than-atlas ventricles are not
+  cut) and connected to a
   confident seed (probability > 0.5 and CSF-like). Where the model is not usable (contrast between
   CSF and tissue too low, e.g. a badly normalised image) the fused mask is kept and a warning given.
 
@@ -234,10 +236,20 @@ def csf_refine(image: np.ndarray, brain: np.ndarray, prob: np.ndarray, spacing: 
     if abs(csf - tissue) < 0.5 * spread:
         return fused, ("ventricles: the image barely separates CSF from tissue around the ventricles; "
                        "the atlas mask is kept unrefined")
-    # CSF-likeness: 1 at the CSF intensity, 0 at the tissue's, whatever the contrast's sign.
-    likeness = (values - tissue) / (csf - tissue)
+    # CSF: past the mid-point between the two, and past the brain's own CSF / grey-matter boundary
+    # (three-class Otsu: the lower threshold where CSF is dark, the upper where it is bright). The
+    # mid-point alone lets tissue in when the atlas's ventricles are too large (their core is then
+    # part tissue); the Otsu boundary alone cannot be trusted on an image without three classes.
+    from skimage.filters import threshold_multiotsu
+
+    midpoint = 0.5 * (csf + tissue)
+    lower, upper = threshold_multiotsu(values[brain], classes=3)
+    if csf < tissue:
+        csf_like = values < min(midpoint, lower)
+    else:
+        csf_like = values > max(midpoint, upper)
     allowed = (prob > reach) | (ndi.distance_transform_edt(prob <= 0.5, sampling=spacing) <= grow_mm)
-    candidate = allowed & brain & (likeness > 0.5)
+    candidate = allowed & brain & csf_like
     seeds = candidate & fused
     lab, n = ndi.label(candidate)
     if n == 0:

@@ -13,7 +13,7 @@ Which stage runs (option ``--set barriers.models=...``):
 
 Options: ``reference`` (sequence the atlas is registered to; default the first of t1, t1ce, t2,
 flair given), ``anatomy`` (atlas stage's cerebellum and ventricles: ``template`` - those of the
-SRI24 template; ``multiatlas`` - registration of three labelled OASIS heads, label fusion and a CSF
+SRI24 template, the ventricles re-drawn from the patient's CSF; ``multiatlas`` - registration of three labelled OASIS heads, label fusion and a CSF
 model, ``barriers/multiatlas.py``; the default is ``atlas.DEFAULT_ANATOMY``), ``refine=false`` (two-stage models: stage 1 only). The stage that produced the output
 is reported with ``ctx.warn`` ("barriers: produced by ...") so that it lands in the manifest.
 """
@@ -69,7 +69,8 @@ def _run(ctx: StepContext) -> dict[str, Volume]:
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         how = ("cerebellum and ventricles by OASIS multi-atlas fusion with a CSF model"
-               if anatomy == "multiatlas" else "cerebellum and ventricles from the template")
+               if anatomy == "multiatlas" else
+               "cerebellum from the template, ventricles from the template and the image's CSF")
         ctx.warn(f"barriers: produced by the atlas stage (SRI24 barrier template registered to {ref}; "
                  f"{how}; no trained models)")
     else:
