@@ -1,6 +1,6 @@
 """Time and peak memory per case of the barriers step's stages (CPU; CUDA too when available).
 
-    python bench/bench_barriers.py [--threads N] [--atlas-only]
+    python bench/bench_barriers.py [--threads N] [--atlas-only] [--modes atlas_template_demo_1mm,...]
 
 Each measurement runs in a fresh process so its peak resident memory (ru_maxrss) is its own:
 - atlas stage on the shipped demo case (1 mm, 240x240x155), as it was (``anatomy=template``: the
@@ -61,6 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--atlas-only", action="store_true", help="only the atlas stage, template vs multi-atlas")
+    p.add_argument("--modes", default=None, help="comma-separated measurements to run (default: all)")
     args = p.parse_args()
     import torch
 
@@ -68,6 +69,8 @@ def main() -> None:
     modes = ["atlas_template_demo_1mm", "atlas_multiatlas_demo_1mm", "atlas_phantom_2mm"]
     if not args.atlas_only:
         modes += ["stage1_only_phantom_2mm", "two_stage_phantom_2mm"]
+    if args.modes:
+        modes = args.modes.split(",")
     for mode in modes:
         for device in devices if not mode.startswith("atlas") else ["cpu"]:
             out = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.threads), device],
