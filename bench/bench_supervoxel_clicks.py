@@ -1,8 +1,9 @@
 """What click-to-edit saves: clicks to bring the model's tumour to Dice >= 0.95 against the expert,
 with supervoxel region clicks versus a 5 mm paint brush, on real BraTS cases.
 
-Start: the default tumour model's labels (``brats-hnfnetv2-cpu``) on a case it did not see in
-training (its manifest's validation cases), or ``--start FILE`` (a label map on the case's grid).
+Start: the default tumour model's labels (``brats-hnfnetv2-cpu``, with its test-time flips) on a
+case it did not see in training - its manifest's validation cases, each segmented by the one fold
+that held it out - or ``--start FILE`` (a label map on the case's grid).
 Target: the expert's whole tumour (WT, labels > 0) or tumour core (``--region TC``: 1 + 4, or 1 + 3
 for the 2023 labels); the edited segment is binary.
 
@@ -130,7 +131,11 @@ def model_labels(name: str, device: str = "cpu") -> np.ndarray:
     vols = {s: load_volume(folder / f"{name}_{s}.nii.gz") for s in SEQ}
     mask = np.stack([v.array for v in vols.values()]).max(0) > 0
     brain = vols["t1ce"].with_array(mask.astype(np.uint8))
-    return segment(vols, brain, load_package(DEFAULT_MODEL), device=device).array
+    package = load_package(DEFAULT_MODEL)
+    # Only the fold that held the case out: the ensemble's other folds trained on it.
+    folds = [f["fold"] for f in package.manifest["training"]["folds"] if name in f["val_cases"]]
+    nets = [package.build_network(f"fold{folds[0]}", device)] if folds else None
+    return segment(vols, brain, package, device=device, nets=nets).array
 
 
 def main() -> int:
