@@ -249,7 +249,8 @@ def dense_transform(transform: sitk.Transform, reference: sitk.Image, spacing_mm
 
     Evaluating a B-spline composite costs far more per point than reading a field, so warping
     several label channels at 1 mm goes through the field; a B-spline whose nodes are about a
-    centimetre apart varies little between 2 mm field nodes (used by ``atlas_barriers`` and ``multiatlas``)."""
+    centimetre apart varies little between 2 mm field nodes (used by ``atlas_barriers`` and
+    ``multiatlas``)."""
     spacing = np.asarray(reference.GetSpacing(), float)
     size = np.asarray(reference.GetSize(), int)
     step = np.maximum(1, np.round(spacing_mm / spacing)).astype(int)
@@ -291,6 +292,14 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     sharpened by the same per-case CSF model (``multiatlas.csf_refine``: the template's ventricles
     are an adult average, a patient's may be half or twice their size), or as registered with
     ``csf_ventricles=False``. ``DEFAULT_ANATOMY`` says which is the default."""
+    from .multiatlas import (
+        CEREBELLUM,
+        VENTRICLES,
+        BarrierWarning,
+        csf_refine,
+        multiatlas_structures,
+    )
+
     if anatomy not in ANATOMY_CHOICES:
         raise ValueError(f"anatomy must be one of {', '.join(ANATOMY_CHOICES)}, got {anatomy!r}")
     t1, template_brain, template_labels = load_template()
@@ -303,14 +312,6 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     # Through a 2 mm displacement field: the same labels (measured: 0.9999991 of the voxels on the
     # demo case) six times faster than evaluating the B-spline at every voxel of every channel.
     labels, prob = warp_labels(template_labels, fixed, dense_transform(transform, fixed))
-    from .multiatlas import (
-        CEREBELLUM,
-        VENTRICLES,
-        BarrierWarning,
-        csf_refine,
-        multiatlas_structures,
-    )
-
     if anatomy == "multiatlas":
         structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases)
         for note in notes:

@@ -34,9 +34,10 @@ interpolation), and the atlases' probabilities are averaged (label fusion by mea
   and past the brain's CSF / grey-matter boundary (three-class Otsu; the mid-point alone lets
   tissue in when the atlas's ventricles are too large, their core being then part tissue) within
   the fused probability's reach (> 0.1, grown by 2 mm so larger-than-atlas ventricles are not
-  cut) and connected to a
-  confident seed (probability > 0.5 and CSF-like). Where the model is not usable (contrast between
-  CSF and tissue too low, e.g. a badly normalised image) the fused mask is kept and a warning given.
+  cut) and connected to a confident seed (probability > 0.5 and CSF-like). Where the model is not
+  usable (contrast between CSF and tissue too low, e.g. a badly normalised image) the fused mask
+  is kept and a warning given. The template stage (``atlas.atlas_barriers``) uses the same model
+  on the template's registered ventricles.
 
 Status: an option (``barriers.anatomy=multiatlas``), not the default. Its accuracy on held-out heads
 is not yet measured (``bench/barriers_accuracy.py --oasis``), and its registration as configured
