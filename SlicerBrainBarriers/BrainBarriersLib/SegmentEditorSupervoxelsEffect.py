@@ -56,7 +56,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return ("<html>Add a supervoxel region to the selected segment by clicking it in a slice "
                 "view; <b>Ctrl + click</b> removes it. The <b>Regions</b> slider sets the "
                 "granularity (fewer regions: larger ones). The map is the oversegmentation "
-                "('supervoxels') of a BrainBarriers run.</html>")
+                "('supervoxels') of a BrainBarriers run. With the run's <b>Uncertainty</b> map, "
+                "<b>Review first</b> lists the regions where the tumour model doubts most (once "
+                "the first click has built the map's regions); click one to centre the views on "
+                "it.</html>")
 
     def setupOptionsFrame(self):
         self.mapSelector = slicer.qMRMLNodeComboBox()
