@@ -311,10 +311,11 @@ def test_ctrl_c_cancels_cleanly_and_a_rerun_picks_up(cohort, tmp_path):
             time.sleep(0.2)
         pid, held = marker_case(hold)
         child.send_signal(2)  # SIGINT: what Ctrl-C sends
-        assert child.wait(timeout=30) == 130, child.stderr.read()
+        # Generous: the cancel grace (CANCEL_GRACE_S) plus closing the cluster, on a loaded machine.
+        assert child.wait(timeout=90) == 130, child.stderr.read()
     finally:
         child.kill()
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     while time.time() < deadline:  # the cluster is closed: its worker process is gone
         try:
             os.kill(pid, 0)
