@@ -61,16 +61,23 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 "the first click has built the map's regions); click one to centre the views on "
                 "it.</html>")
 
+    def _addNodeSelector(self, label, nodeType, toolTip):
+        """A node combo box of the scene's ``nodeType`` nodes (or none), in the options frame."""
+        selector = slicer.qMRMLNodeComboBox()
+        selector.nodeTypes = [nodeType]
+        selector.addEnabled = False
+        selector.removeEnabled = False
+        selector.noneEnabled = True
+        selector.setMRMLScene(slicer.mrmlScene)
+        selector.setToolTip(toolTip)
+        self.scriptedEffect.addLabeledOptionsWidget(label, selector)
+        selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMRMLFromGUI)
+        return selector
+
     def setupOptionsFrame(self):
-        self.mapSelector = slicer.qMRMLNodeComboBox()
-        self.mapSelector.nodeTypes = ["vtkMRMLLabelMapVolumeNode"]
-        self.mapSelector.addEnabled = False
-        self.mapSelector.removeEnabled = False
-        self.mapSelector.noneEnabled = True
-        self.mapSelector.setMRMLScene(slicer.mrmlScene)
-        self.mapSelector.setToolTip("The supervoxel map (oversegmentation) of a BrainBarriers run")
-        self.scriptedEffect.addLabeledOptionsWidget("Supervoxels:", self.mapSelector)
-        self.mapSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMRMLFromGUI)
+        self.mapSelector = self._addNodeSelector(
+            "Supervoxels:", "vtkMRMLLabelMapVolumeNode",
+            "The supervoxel map (oversegmentation) of a BrainBarriers run")
 
         import ctk
 
@@ -83,16 +90,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.scriptedEffect.addLabeledOptionsWidget("Regions:", self.regionsSlider)
         self.regionsSlider.connect("valueChanged(double)", self.updateMRMLFromGUI)
 
-        self.uncertaintySelector = slicer.qMRMLNodeComboBox()
-        self.uncertaintySelector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
-        self.uncertaintySelector.addEnabled = False
-        self.uncertaintySelector.removeEnabled = False
-        self.uncertaintySelector.noneEnabled = True
-        self.uncertaintySelector.setMRMLScene(slicer.mrmlScene)
-        self.uncertaintySelector.setToolTip("The tumour model's uncertainty map of the run "
-                                            "(tumor_uncertainty): lists where the model doubts")
-        self.scriptedEffect.addLabeledOptionsWidget("Uncertainty:", self.uncertaintySelector)
-        self.uncertaintySelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMRMLFromGUI)
+        self.uncertaintySelector = self._addNodeSelector(
+            "Uncertainty:", "vtkMRMLScalarVolumeNode",
+            "The tumour model's uncertainty map of the run (tumor_uncertainty): lists where the "
+            "model doubts")
 
         self.uncertainList = qt.QListWidget()
         self.uncertainList.setToolTip("Regions at the chosen granularity, the most uncertain first; "
