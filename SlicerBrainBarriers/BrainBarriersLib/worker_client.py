@@ -65,6 +65,23 @@ def worker_command(python: Sequence[str], inputs: Mapping[str, str | Path], out:
     return command
 
 
+def _wait_until_ended(procs: list, timeout: float) -> list:
+    """Wait up to ``timeout`` s for ``procs`` to end; returns those still running. A zombie has
+    ended: an orphan's zombie waits for PID 1 to reap it (psutil.wait_procs would wait on it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
 def kill_process_tree(pid: int, grace: float = 0.5) -> list[int]:
     """Terminate ``pid`` and all its descendants; kill what is still alive after ``grace`` s.
     Returns the PIDs that were signalled."""
@@ -80,13 +97,13 @@ def kill_process_tree(pid: int, grace: float = 0.5) -> list[int]:
                 p.terminate()
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=grace)
+        alive = _wait_until_ended(procs, grace)
         for p in alive:
             try:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(alive, timeout=1.0)
+        _wait_until_ended(alive, 1.0)
         return [p.pid for p in procs]
     if os.name == "nt":  # pragma: no cover
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True)
