@@ -1,4 +1,4 @@
-"""Supervoxels: SSLIC_Var oversegmentation, merging, metrics, snapping, the step and the command."""
+"""Supervoxels: SSLIC_Var oversegmentation, metrics, snapping (merging: see the hierarchy tests)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 from scipy import ndimage as ndi
 
 from brainbarriers.supervoxels import metrics
-from brainbarriers.supervoxels.merge import edge_dissimilarity, merge_supervoxels
 from brainbarriers.supervoxels.slic import _compactness, scale_to_unit, sslic
 from brainbarriers.supervoxels.snap import snap_to_supervoxels
 
@@ -40,13 +39,6 @@ def phantom(small_case):
 def oversegmented(phantom):
     mask, _, features, _ = phantom
     return sslic(features, mask, size=(6, 6, 6)).numpy()
-
-
-@pytest.fixture(scope="module")
-def merged(phantom, oversegmented):
-    _, _, features, _ = phantom
-    out, record = merge_supervoxels(oversegmented, features)
-    return out.numpy(), record
 
 
 def two_regions(noise=0.03, seed=0, boundary=13):
@@ -121,58 +113,6 @@ def test_phantom_tumour_asa_above_bar(phantom, oversegmented):
     assert metrics.asa(oversegmented, truth, "all") > 0.97
 
 
-# ------------------------------------------------------------------------------ merging
-def test_dissimilarity_formula_on_hand_values():
-    means = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
-    hist = torch.zeros(2, 2, 4)
-    hist[0, :, 0] = 1
-    hist[1, :, 3] = 1  # L1 = 2 per channel: Dt = sqrt(4) / sqrt(4) = 1; Dc = sqrt(2)/sqrt(2) = 1
-    d = edge_dissimilarity(means, hist, torch.tensor([0]), torch.tensor([1]), 0.5, 0.1, 0.1)
-    assert float(d) == pytest.approx(1 - np.exp(-10.0), rel=1e-6)
-    same = edge_dissimilarity(means, hist, torch.tensor([0]), torch.tensor([0]))
-    assert float(same) == 0.0
-
-
-def test_merging_reduces_count_and_only_joins_touching_supervoxels(oversegmented, merged):
-    out, record = merged
-    assert np.array_equal(out > 0, oversegmented > 0)
-    assert 1 < metrics.supervoxel_count(out) < metrics.supervoxel_count(oversegmented)
-    assert record["counts"][0] == metrics.supervoxel_count(oversegmented)
-    assert record["threshold"] > 0 and record["rounds"] >= 1
-    # each original supervoxel lies in exactly one merged region ...
-    inside = oversegmented > 0
-    pairs = np.unique(np.stack([oversegmented[inside], out[inside]], 1), axis=0)
-    assert len(pairs) == metrics.supervoxel_count(oversegmented)
-    # ... and every merged region is connected, so only touching supervoxels were joined
-    assert _all_connected(out) == []
-
-
-def test_merging_keeps_the_two_regions_apart():
-    features, mask, right = two_regions()
-    labels = sslic(features, mask, size=(6, 6, 6)).numpy()
-    out, _ = merge_supervoxels(labels, features)
-    out = out.numpy()
-    assert metrics.supervoxel_count(out) < metrics.supervoxel_count(labels)
-    for value in np.unique(out):
-        side = right[out == value]
-        assert side.all() or not side.any()
-
-
-def test_merging_with_the_rag_threshold_reading_is_available(oversegmented, phantom):
-    out, record = merge_supervoxels(oversegmented, phantom[2], threshold_edges="rag")
-    assert record["threshold"] is not None
-    assert metrics.supervoxel_count(out.numpy()) <= metrics.supervoxel_count(oversegmented)
-
-
-def test_merging_with_a_given_threshold_merges_all_or_nothing():
-    features, mask, _ = two_regions()
-    labels = sslic(features, mask, size=(6, 6, 6)).numpy()
-    none, _ = merge_supervoxels(labels, features, threshold=0.0)
-    assert np.array_equal(none.numpy(), labels)
-    everything, _ = merge_supervoxels(labels, features, threshold=2.0)
-    assert metrics.supervoxel_count(everything.numpy()) == 1
-
-
 # ------------------------------------------------------------------------------ metrics
 def test_asa_on_a_hand_example():
     sv = np.array([1, 1, 1, 2, 2, 2, 0]).reshape(1, 1, 7)
@@ -219,7 +159,7 @@ def test_snap_to_supervoxels_on_a_hand_example():
         snap_to_supervoxels(lab, sv[..., :5])
 
 
-def test_snap_on_the_phantom_keeps_the_tumour_close(phantom, merged, oversegmented):
+def test_snap_on_the_phantom_keeps_the_tumour_close(phantom, oversegmented):
     truth = phantom[3]
     snapped = snap_to_supervoxels(truth, oversegmented)
     from brainbarriers.metrics import dice

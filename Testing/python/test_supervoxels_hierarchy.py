@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from brainbarriers.supervoxels.hierarchy import (
+    Descriptors,
     Hierarchy,
     _Weights,
     build_hierarchy,
@@ -77,6 +78,19 @@ def test_record_round_trip_and_disconnected_pieces():
     assert h.min_regions == 2
     again = Hierarchy.from_arrays(h.to_arrays())
     np.testing.assert_array_equal(again.lookup(regions=9), h.lookup(regions=9))
+
+
+def test_edge_weight_on_hand_values():
+    # Two regions of two sequences: means 0 and 1 (Dc = sqrt(2 / 2) = 1), intensity histograms in
+    # opposite bins (L1 = 2 per sequence: Dt = sqrt(4 / 4) = 1), so x = 1 and w = 1 - e^-10.
+    hist = np.zeros((2, 2, 4), np.float32)
+    hist[0, :, 0] = hist[1, :, 3] = 5
+    desc = Descriptors(np.array([5.0, 5.0]), np.array([[0.0, 0.0], [5.0, 5.0]]), hist, 1)
+    weights = _Weights(desc, 0.5, 0.1, 0.1, 4)
+    a, b = np.array([0]), np.array([1])
+    assert weights.x(a, b)[0] == pytest.approx(1.0)
+    assert weights.w(weights.x(a, b))[0] == pytest.approx(1 - np.exp(-10.0))
+    assert weights.x(a, a)[0] == 0.0 and weights.w(0.0) == 0.0
 
 
 def test_texture_term_tells_apart_what_intensity_histograms_cannot():

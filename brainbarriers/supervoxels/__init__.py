@@ -2,9 +2,8 @@
 
 ``slic.sslic`` oversegments the stacked sequences inside the brain mask, ``hierarchy.build_hierarchy``
 records the merging of similar touching supervoxels as a merge tree (any level in milliseconds),
-``merge.merge_supervoxels`` is the earlier round-based merging (one level), ``metrics`` scores a map
-as the paper does, and
-``snap.snap_to_supervoxels`` snaps a label map to the supervoxels. ``step.STEP`` is the pipeline
+``metrics`` scores a map as the paper does, and ``snap.snap_to_supervoxels`` snaps a label map to
+the supervoxels. ``step.STEP`` is the pipeline
 step (imported lazily by the registry).
 """
 

@@ -1,4 +1,4 @@
-"""Vectorised graph helpers shared by the oversegmentation and the merging (PyTorch, CPU or GPU).
+"""Vectorised graph helpers of the oversegmentation (PyTorch, CPU or GPU).
 
 Connected components use hooking and pointer jumping (each root is hooked onto the smallest root it
 touches, then every pointer jumps to its root), so the number of Python-level rounds grows with the
@@ -44,19 +44,6 @@ def neighbour_pairs(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         us.append(a[both])
         vs.append(b[both])
     return torch.cat(us), torch.cat(vs)
-
-
-def unique_pairs(a: torch.Tensor, b: torch.Tensor, n: int, counts: bool = False):
-    """Unique unordered pairs (a != b) of node ids below n, as (lo, hi[, how many times])."""
-    keep = a != b
-    a, b = a[keep], b[keep]
-    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-    key = lo * n + hi
-    if counts:
-        key, count = torch.unique(key, return_counts=True)
-        return key // n, key % n, count
-    key = torch.unique(key)
-    return key // n, key % n
 
 
 def relabel_consecutive(roots: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -22,8 +22,10 @@ Method (Pelluet et al., BrainLes 2021, Sect. 3.2, after Fu et al.), read as foll
   of 0.9 CPU s.
 - **Edge weight** ``w = 1 - exp(-x^2 / gamma)``, ``x = (alpha Dc + beta Dt) / (alpha + beta)``,
   alpha = 0.5, beta = 0.1, gamma = 0.1 (Sect. 4.3). Eq. 2 writes ``exp(-x^2 / gamma)``, a
-  similarity, while the text calls w a dissimilarity merged when *below* a threshold; 1 - exp(...)
-  is the reading for which every sentence holds (see ``merge`` for the longer argument).
+  similarity (1 for identical regions), while the text calls w a dissimilarity and merges the
+  edges whose weight is *below* the threshold; merging the least similar pairs cannot be meant, so
+  w = 1 - exp(...) is the reading for which every sentence about dissimilarity, nearest neighbours
+  and a threshold holds.
 - **Merging**: the paper merges, round after round, the nearest-neighbour-graph edges below T.
   The globally smallest edge is always a nearest-neighbour edge (of both its ends), so merging one
   smallest edge at a time, with the merged region's descriptors recomputed exactly and its edges
@@ -43,8 +45,13 @@ Method (Pelluet et al., BrainLes 2021, Sect. 3.2, after Fu et al.), read as foll
   for ``order="weight"``.
 - **Threshold** T (Eq. 5): ``T = mean_i (min_j w_ij - std_j w_ij)`` on the initial graph, with the
   edges e_j "connected to supervoxel i" read as those of the nearest-neighbour graph at i
-  (``threshold_edges="nng"``, default; ``"rag"``: all adjacency edges, which gives T < 0 on real
-  cases, i.e. no merging; see ``merge``). The paper's level is the cut at T.
+  (``threshold_edges="nng"``, default: its own nearest-neighbour edge and those of the nodes whose
+  nearest neighbour it is), which gives T near the typical nearest-neighbour weight. Read over all
+  adjacency edges (``"rag"``), a supervoxel by a tissue boundary has neighbours both alike and
+  unlike, std exceeds min for most nodes and T < 0: nothing merges (BraTS-GLI-00000: T = -0.077
+  by the RAG reading, 0.120 by the NNG one). T is computed once, on the initial graph ("a given
+  threshold T"): recomputed as regions grow, the minima and T grow with them and merging runs
+  away to a few regions. The paper's level is the cut at T.
 - **Levels**: merge heights need not increase (a merged region can be closer to a neighbour than
   either part was), so a threshold t selects the merges before the first one whose running maximum
   of heights reaches t: every threshold level is then also a prefix of the merge sequence, and a
