@@ -5,11 +5,13 @@
 
 ``--oasis``: the real OASIS heads with manual Neuromorphometrics labels (structure definitions in
 ``brainbarriers.barriers.multiatlas``), the atlas stage's methods side by side (``--methods``):
-``template-raw`` (the SRI24 template's cerebellum and ventricles as registered), ``template`` (the
-default: the ventricles re-drawn from the image's CSF) and ``multiatlas`` (leave-one-out: each head
-is segmented with atlases made from the *other* heads only, never with itself). Prints,
-per head and method, Dice of the cerebellum and ventricles, the ventricle volumes (predicted / true,
-ml), the wall and CPU seconds of the whole atlas stage, then the means.
+``template-raw`` (the SRI24 template's labels as registered), ``template`` (the default: the
+ventricles re-drawn from the image's CSF, the falx and tentorium moved onto its CSF lines) and
+``multiatlas`` (leave-one-out: each head is segmented with atlases made from the *other* heads
+only, never with itself). Prints, per head and method, Dice of the cerebellum and ventricles, the
+ventricle volumes (predicted / true, ml), the falx's and tentorium's position (share of the
+interface covered / share of the sheet on its interface, ``barriers.position``), the wall and CPU
+seconds of the whole atlas stage, then the means.
 
 Without ``--oasis``: generated cases ``barriers.phantom.make_barrier_case(seed)`` at 2 mm (the demo
 models were trained on seeds 1000-1011, so 9000+ are unseen): stage 1 alone, two-stage, and the
@@ -36,6 +38,7 @@ def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
         make_atlas,
         structures_from_neuromorphometrics,
     )
+    from brainbarriers.barriers.position import barrier_position
     from brainbarriers.io import load_volume
     from brainbarriers.metrics import dice
 
@@ -43,8 +46,8 @@ def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
              for s in subjects}
     atlases = {s: make_atlas(s, *heads[s]) for s in subjects}
     print(f"structures: {CONVENTION}")
-    print(f"{'head':>6} {'method':>10} {'cerebellum':>10} {'ventricles':>10} {'vent ml':>13} {'wall s':>7} "
-          f"{'cpu s':>7}  atlases")
+    print(f"{'head':>6} {'method':>12} {'cerebellum':>10} {'ventricles':>10} {'vent ml':>13} "
+          f"{'falx':>11} {'tentorium':>11} {'wall s':>7} {'cpu s':>7}  atlases")
     rows: dict[str, list[list[float]]] = {}
     for s in subjects:
         t1, labels = heads[s]
@@ -55,18 +58,28 @@ def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
         for method in methods:
             w0, c0 = time.perf_counter(), time.process_time()
             if method == "template-raw":
-                pred, _ = atlas_barriers(t1, brain, anatomy="template", csf_ventricles=False)
+                pred, _ = atlas_barriers(t1, brain, anatomy="template", csf_ventricles=False,
+                                         csf_sheets=False)
             else:
                 pred, _ = atlas_barriers(t1, brain, anatomy=method, atlases=others)
             wall, cpu = time.perf_counter() - w0, time.process_time() - c0
             cb, ve = dice(pred == CEREBELLUM, truth == CEREBELLUM), dice(pred == VENTRICLES, truth == VENTRICLES)
-            rows.setdefault(method, []).append([cb, ve, wall, cpu])
+            pos = barrier_position(t1.with_array(pred), labels)
+            shares = [pos[k][m] for k in ("falx", "tentorium")
+                      for m in ("interface_covered", "sheet_on_interface")]
+            rows.setdefault(method, []).append([cb, ve, *shares, wall, cpu])
             vols = f"{(pred == VENTRICLES).sum() * ml:5.1f} / {(truth == VENTRICLES).sum() * ml:5.1f}"
             used = "SRI24" if method.startswith("template") else "+".join(a.name for a in others)
-            print(f"{s:>6} {method:>10} {cb:10.3f} {ve:10.3f} {vols:>13} {wall:7.1f} {cpu:7.1f}  {used}", flush=True)
+            print(f"{s:>6} {method:>12} {cb:10.3f} {ve:10.3f} {vols:>13} {_pair(shares[:2])} "
+                  f"{_pair(shares[2:])} {wall:7.1f} {cpu:7.1f}  {used}", flush=True)
     for method, r in rows.items():
         m = np.mean(r, axis=0)
-        print(f"{'mean':>6} {method:>10} {m[0]:10.3f} {m[1]:10.3f} {'':>13} {m[2]:7.1f} {m[3]:7.1f}")
+        print(f"{'mean':>6} {method:>12} {m[0]:10.3f} {m[1]:10.3f} {'':>13} {_pair(m[2:4])} "
+              f"{_pair(m[4:6])} {m[6]:7.1f} {m[7]:7.1f}")
+
+
+def _pair(shares) -> str:
+    return f"{shares[0]:.3f}/{shares[1]:.3f}"
 
 
 def phantoms(args) -> None:

@@ -1,0 +1,79 @@
+"""The CTV on real labelled heads at 1 mm: how much of a 15 mm CTV ends where the barriers should stop
+it, with barriers drawn from the manual labels, from the atlas stage with its sheets as registered,
+and from the atlas stage as it runs (sheets moved onto the image's CSF lines), beside the Euclidean
+margin.
+
+    python bench/ctv_real_heads.py [--heads 1000 1001]
+
+The GTVs are those of ``Testing/python/test_ctv_real.py`` (which runs the same checks at 2 mm with
+the label-drawn barriers): a 6 mm ball at the medial surface of the left hemisphere 15-25 mm above
+the corpus callosum (CTV in the right hemisphere's cortex, ml) and one in the left temporal-occipital
+cortex on the tentorium, far from the notch (CTV in the cerebellum, ml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+ROOT = Path(__file__).resolve().parents[1]
+OASIS = ROOT.parent / "shared" / "data" / "oasis-miccai2012"
+sys.path.insert(0, str(ROOT / "Testing" / "python"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--heads", nargs="+", default=["1000", "1001"])
+    args = p.parse_args()
+    import test_ctv_real as placements
+
+    from brainbarriers.barriers.atlas import atlas_barriers, refine_sheets
+    from brainbarriers.barriers.position import (
+        CEREBELLUM,
+        LEFT_HEMISPHERE,
+        OCCIPITAL_TEMPORAL,
+        RIGHT_HEMISPHERE,
+        corpus_callosum,
+        sheets_from_labels,
+    )
+    from brainbarriers.io import load_volume
+
+    print(f"{'head':>5} {'barriers':>28} {'medial GTV: CTV in right cortex':>32} {'Euclidean':>9} "
+          f"{'tentorial GTV: CTV in cerebellum':>33} {'Euclidean':>9}")
+    for s in args.heads:
+        labels = load_volume(OASIS / s / f"{s}_glm.nii.gz")
+        t1 = load_volume(OASIS / s / f"{s}_SS.nii.gz")
+        L = np.round(labels.array).astype(int)
+        brain = t1.with_array((t1.array > 0).astype(np.uint8))
+        h = {"labels": labels, "L": L, "brain": brain,
+             "left": np.isin(L, list(LEFT_HEMISPHERE)), "right": np.isin(L, list(RIGHT_HEMISPHERE)),
+             "right_cortex": np.isin(L, [v for v in RIGHT_HEMISPHERE if v >= 100]),
+             "cerebellum": np.isin(L, list(CEREBELLUM)), "cc": corpus_callosum(L, labels.spacing)}
+        medial = placements._medial_left_gtv(h, (15.0, 25.0))
+        occ_temp = np.isin(L, list(OCCIPITAL_TEMPORAL)) & h["left"]
+        w = placements._world(labels, occ_temp)
+        lateral = np.abs(w[:, 0] - np.median(placements._world(labels, h["cerebellum"])[:, 0])) > 25
+        d_cb = ndi.distance_transform_edt(~h["cerebellum"], sampling=labels.spacing)
+        candidates = np.argwhere(occ_temp)[lateral]
+        tentorial = placements._ball(labels, candidates[np.argmin(d_cb[tuple(candidates.T)])], 6.0) & h["left"]
+
+        registered, _ = atlas_barriers(t1, brain, csf_sheets=False)
+        refined, _ = refine_sheets(t1, brain.array > 0, registered)  # what atlas_barriers returns
+        ml = float(np.prod(labels.spacing)) / 1000
+        for name, barriers in (("from the labels", sheets_from_labels(labels)),
+                               ("atlas stage, sheets registered", t1.with_array(registered)),
+                               ("atlas stage (sheets on CSF)", t1.with_array(refined))):
+            h["barriers"] = barriers
+            ctv_m, eu_m = placements._margins(h, medial)
+            ctv_t, eu_t = placements._margins(h, tentorial)
+            print(f"{s:>5} {name:>28} {(ctv_m & h['right_cortex']).sum() * ml:32.2f} "
+                  f"{(eu_m & h['right_cortex']).sum() * ml:9.2f} {(ctv_t & h['cerebellum']).sum() * ml:33.2f} "
+                  f"{(eu_t & h['cerebellum']).sum() * ml:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
