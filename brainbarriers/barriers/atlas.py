@@ -353,10 +353,15 @@ def refine_sheets(image: Volume, brain: np.ndarray, labels: np.ndarray) -> tuple
         return labels, ("falx and tentorium: the image barely separates CSF from tissue; kept as "
                         "registered")
     canon = to_canonical(image.with_array(values))
-    lab = np.round(to_canonical(image.with_array(labels)).array).astype(np.uint8)
+    full = np.round(to_canonical(image.with_array(labels)).array).astype(np.uint8)
     inside = to_canonical(image.with_array(brain.astype(np.uint8))).array > 0
     spacing = canon.spacing
-    score = ndi.gaussian_filter(np.asarray(canon.array, np.float32), 1.0 / spacing)
+    # Work in the brain's box (4 mm around it): the sheets stay within 3 mm of the brain.
+    pad = np.ceil(4.0 / spacing).astype(int)
+    nz = np.nonzero(inside)
+    box = tuple(slice(max(0, int(a.min()) - p), int(a.max()) + p + 1) for a, p in zip(nz, pad))
+    lab, inside = full[box], inside[box]
+    score = ndi.gaussian_filter(np.asarray(canon.array, np.float32)[box], 1.0 / spacing)
     if csf > tissue:
         score = -score
     envelope = ndi.distance_transform_edt(~inside, sampling=spacing) <= 3.0
@@ -375,7 +380,8 @@ def refine_sheets(image: Volume, brain: np.ndarray, labels: np.ndarray) -> tuple
     out[(out == CEREBELLUM_LABEL) & (ks > top[..., None])] = 0
     out[out == TENTORIUM] = 0
     out[tentorium] = TENTORIUM
-    return np.asarray(reorient_to(canon.with_array(out), image.grid).array).astype(np.uint8), None
+    full[box] = out
+    return np.asarray(reorient_to(canon.with_array(full), image.grid).array).astype(np.uint8), None
 
 
 def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True,
