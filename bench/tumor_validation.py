@@ -8,12 +8,16 @@ flips unless ``--no-tta``), and the labels are scored with the BraTS conventions
 cross-validation segments each of its held-out cases with the one fold that did not see it (its
 other folds did); other packages run all their folds. The first package is also scored after
 removing tumour components other than the largest below each ``--min-component-ml`` threshold, to
-measure that post-processing on real cases, and, with ``--subsets``, on subsets of the sequences
+measure that post-processing on real cases, with ``--snap``, after snapping its labels to the
+case's supervoxels as ``--set tumor.refine_supervoxels=true`` does (the supervoxels step's merged
+map of 300 regions, and the oversegmentation itself; a supervoxel at least half tumour becomes
+tumour, one less than half is cleared), and, with ``--subsets``, on subsets of the sequences
 (the absent ones fed as zeros, as the tumour step does for a model that accepts subsets).
 
     python bench/tumor_validation.py --packages default demo-hnfnetv2-phantom --json out.json
     python bench/tumor_validation.py --packages default --no-tta \
         --subsets t1ce+flair t1+flair t1ce+t2 flair t1ce
+    python bench/tumor_validation.py --packages default --no-tta --snap
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def main() -> int:
 
     from brainbarriers.metrics import brats_scores
     from brainbarriers.models import load_package
+    from brainbarriers.supervoxels.snap import snap_to_supervoxels
     from brainbarriers.tumor.inference import remove_small_components, segment
     from brainbarriers.tumor.step import DEFAULT_MODEL
     from brainbarriers.tumor.train import find_cases, load_case_volumes
@@ -62,6 +67,8 @@ def main() -> int:
     ap.add_argument("--min-component-ml", type=float, nargs="*", default=[0.1, 0.5, 1.0, 2.0])
     ap.add_argument("--subsets", nargs="*", default=[],
                     help="sequence subsets for the first package, e.g. t1ce+flair flair")
+    ap.add_argument("--snap", action="store_true",
+                    help="also score the first package's labels snapped to the supervoxels")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     args = ap.parse_args()
@@ -95,16 +102,23 @@ def main() -> int:
                         rows.append({"case": case["id"], "package": name, "post": ml,
                                      "sequences": r["sequences"],
                                      **brats_scores(pred.with_array(cleaned), truth)})
+                    if args.snap:
+                        for level, regions in _supervoxel_maps(vols, mask).items():
+                            snapped = snap_to_supervoxels(pred.array, regions, 0.5)
+                            rows.append({"case": case["id"], "package": name, "post": level,
+                                         "sequences": r["sequences"],
+                                         **brats_scores(pred.with_array(snapped), truth)})
                 print(f"{case['id']:<24}{name:<26}{label:<12}" + " ".join(
                     f"{k} {r[k]['dice']:.3f}/{r[k]['hd95']:6.1f}" for k in REGIONS)
                     + f"  {seconds:.0f} s", flush=True)
 
     print(f"\nmean over {len(folders)} cases (Dice / HD95 mm), TTA {'off' if args.no_tta else 'on'}")
     keys = sorted({(r["package"], r["post"], r["sequences"]) for r in rows},
-                  key=lambda k: (names.index(k[0]), k[1], -len(k[2])))
+                  key=lambda k: (names.index(k[0]), str(k[1]), -len(k[2])))
     for pkg, post, given in keys:
         sel = [r for r in rows if (r["package"], r["post"], r["sequences"]) == (pkg, post, given)]
-        label = pkg + (f" +remove<{post:g}ml" if post else "") + (
+        post_label = (f" +remove<{post:g}ml" if isinstance(post, float) else f" +{post}") if post else ""
+        label = pkg + post_label + (
             "" if given == "+".join(packages[pkg].inputs) else f" [{given}]")
         print(f"{label:<44}" + " ".join(
             f"{k} {np.mean([r[k]['dice'] for r in sel]):.3f}/{np.mean([r[k]['hd95'] for r in sel]):6.1f}"
@@ -112,6 +126,16 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _supervoxel_maps(vols, mask) -> dict:
+    """The supervoxels step's maps for a case (its defaults, the four skull-stripped sequences)."""
+    from brainbarriers.supervoxels.step import compute_supervoxels
+
+    inside = mask.array > 0
+    over, merged, _ = compute_supervoxels([np.where(inside, vols[s].array, 0) for s in
+                                           ("t1", "t1ce", "t2", "flair")], inside)
+    return {"snap to 300 regions": merged, "snap to the oversegmentation": over}
 
 
 def _subset_view(package, given):
