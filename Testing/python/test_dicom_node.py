@@ -229,6 +229,17 @@ def node(orthanc, tmp_path_factory):
         stderr.close()
 
 
+def _job_process(node_pid: int) -> psutil.Process | None:
+    """The node's running job (a child process), if any."""
+    for child in psutil.Process(node_pid).children():
+        try:
+            if "brainbarriers.dicom.job" in " ".join(child.cmdline()):
+                return child
+        except psutil.Error:  # a child that has just ended
+            pass
+    return None
+
+
 def test_a_study_pushed_with_storescu_comes_back_to_orthanc_as_rtstruct_and_seg(
         node, orthanc, tmp_path):
     spool, port = node["spool"], node["port"]
@@ -241,9 +252,7 @@ def test_a_study_pushed_with_storescu_comes_back_to_orthanc_as_rtstruct_and_seg(
     # A second study arrives while the first one runs: it is received, queued, and handled after.
     # The first study's job is paused meanwhile, so the test holds however fast the machine is.
     state = node["spool"] / "studies" / key1 / "state.json"
-    job = wait_for(lambda: next((p for p in psutil.Process(node["proc"].pid).children()
-                                 if "brainbarriers.dicom.job" in " ".join(p.cmdline())), None),
-                   120, "the first study's job to start")
+    job = wait_for(lambda: _job_process(node["proc"].pid), 120, "the first study's job to start")
     job.suspend()
     try:
         result = storescu(second["folder"], port)
