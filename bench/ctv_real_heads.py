@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 ROOT = Path(__file__).resolve().parents[1]
 OASIS = ROOT.parent / "shared" / "data" / "oasis-miccai2012"
@@ -32,14 +31,7 @@ def main() -> None:
     import test_ctv_real as placements
 
     from brainbarriers.barriers.atlas import atlas_barriers, refine_sheets
-    from brainbarriers.barriers.position import (
-        CEREBELLUM,
-        LEFT_HEMISPHERE,
-        OCCIPITAL_TEMPORAL,
-        RIGHT_HEMISPHERE,
-        corpus_callosum,
-        sheets_from_labels,
-    )
+    from brainbarriers.barriers.position import sheets_from_labels
     from brainbarriers.io import load_volume
 
     print(f"{'head':>5} {'barriers':>28} {'medial GTV: CTV in right cortex':>32} {'Euclidean':>9} "
@@ -47,19 +39,10 @@ def main() -> None:
     for s in args.heads:
         labels = load_volume(OASIS / s / f"{s}_glm.nii.gz")
         t1 = load_volume(OASIS / s / f"{s}_SS.nii.gz")
-        L = np.round(labels.array).astype(int)
         brain = t1.with_array((t1.array > 0).astype(np.uint8))
-        h = {"labels": labels, "L": L, "brain": brain,
-             "left": np.isin(L, list(LEFT_HEMISPHERE)), "right": np.isin(L, list(RIGHT_HEMISPHERE)),
-             "right_cortex": np.isin(L, [v for v in RIGHT_HEMISPHERE if v >= 100]),
-             "cerebellum": np.isin(L, list(CEREBELLUM)), "cc": corpus_callosum(L, labels.spacing)}
+        h = placements.labelled_head(labels, brain)
         medial = placements._medial_left_gtv(h, (15.0, 25.0))
-        occ_temp = np.isin(L, list(OCCIPITAL_TEMPORAL)) & h["left"]
-        w = placements._world(labels, occ_temp)
-        lateral = np.abs(w[:, 0] - np.median(placements._world(labels, h["cerebellum"])[:, 0])) > 25
-        d_cb = ndi.distance_transform_edt(~h["cerebellum"], sampling=labels.spacing)
-        candidates = np.argwhere(occ_temp)[lateral]
-        tentorial = placements._ball(labels, candidates[np.argmin(d_cb[tuple(candidates.T)])], 6.0) & h["left"]
+        tentorial = placements._tentorial_gtv(h)
 
         registered, _ = atlas_barriers(t1, brain, csf_sheets=False)
         refined, _ = refine_sheets(t1, brain.array > 0, registered)  # what atlas_barriers returns

@@ -51,11 +51,16 @@ def head() -> dict:
     grid = grid_at_spacing(labels.grid, 2.0)
     lab = resample_to(labels, grid, label=True)
     brain = resample_to(t1.with_array((t1.array > 0).astype(np.uint8)), grid, label=True)
-    L = np.round(lab.array).astype(int)
-    return {"labels": lab, "L": L, "brain": brain, "barriers": sheets_from_labels(lab),
+    return {**labelled_head(lab, brain), "barriers": sheets_from_labels(lab)}
+
+
+def labelled_head(labels: Volume, brain: Volume) -> dict:
+    """The label map, the brain mask and the regions the checks need (also bench/ctv_real_heads.py)."""
+    L = np.round(labels.array).astype(int)
+    return {"labels": labels, "L": L, "brain": brain,
             "left": np.isin(L, list(LEFT_HEMISPHERE)), "right": np.isin(L, list(RIGHT_HEMISPHERE)),
             "right_cortex": np.isin(L, [v for v in RIGHT_HEMISPHERE if v >= 100]),
-            "cerebellum": np.isin(L, list(CEREBELLUM)), "cc": corpus_callosum(L, lab.spacing)}
+            "cerebellum": np.isin(L, list(CEREBELLUM)), "cc": corpus_callosum(L, labels.spacing)}
 
 
 def _world(volume: Volume, mask: np.ndarray) -> np.ndarray:
@@ -114,16 +119,23 @@ def test_ctv_crosses_only_through_the_corpus_callosum(head):
     assert (euclid & head["right_cortex"]).sum() > 10 * max(1, (ctv & head["right_cortex"]).sum())
 
 
-def test_tentorium_keeps_a_supratentorial_ctv_out_of_the_cerebellum(head):
-    lab, L = head["labels"], head["L"]
-    occ_temp = np.isin(L, list(OCCIPITAL_TEMPORAL)) & head["left"]
+def _tentorial_gtv(h: dict) -> np.ndarray:
+    """A 6 mm GTV in the left temporal-occipital cortex right on the tentorium (within 4 mm of the
+    cerebellum), far (> 25 mm) from the notch; cerebral voxels only, not across the tentorium."""
+    lab = h["labels"]
+    occ_temp = np.isin(h["L"], list(OCCIPITAL_TEMPORAL)) & h["left"]
     w = _world(lab, occ_temp)
-    lateral = np.abs(w[:, 0] - np.median(_world(lab, head["cerebellum"])[:, 0])) > 25  # far from the notch
-    d_cb = ndi.distance_transform_edt(~head["cerebellum"], sampling=lab.spacing)
+    lateral = np.abs(w[:, 0] - np.median(_world(lab, h["cerebellum"])[:, 0])) > 25
+    d_cb = ndi.distance_transform_edt(~h["cerebellum"], sampling=lab.spacing)
     candidates = np.argwhere(occ_temp)[lateral]
     centre = candidates[np.argmin(d_cb[tuple(candidates.T)])]
-    assert d_cb[tuple(centre)] <= 4.0  # right on the tentorium
-    gtv = _ball(lab, centre, 6.0) & head["left"]  # cerebral voxels only: not across the tentorium
+    assert d_cb[tuple(centre)] <= 4.0
+    return _ball(lab, centre, 6.0) & h["left"]
+
+
+def test_tentorium_keeps_a_supratentorial_ctv_out_of_the_cerebellum(head):
+    lab = head["labels"]
+    gtv = _tentorial_gtv(head)
     ctv, euclid = _margins(head, gtv)
     assert (ctv & ~gtv).sum() > 20 * gtv.sum()
     assert (ctv & head["cerebellum"]).sum() == 0
