@@ -65,6 +65,7 @@ from scipy import ndimage as ndi
 from ..io import load_volume, to_sitk
 from ..volume import Volume
 from . import STRUCTURES
+from .multiatlas import CEREBELLUM, VENTRICLES
 
 N_LABELS = 6
 TEMPLATE_FILE = "sri24_barriers.nii.gz"
@@ -292,8 +293,7 @@ DEFAULT_ANATOMY = "template"
 SHEET_WINDOW_MM = 4.0
 SHEET_SMOOTH_MM = 3.0
 _LABEL = {s.key: s.label for s in STRUCTURES.values()}
-FALX, TENTORIUM, CEREBELLUM_LABEL, VENTRICLES_LABEL = (
-    _LABEL["falx"], _LABEL["tentorium"], _LABEL["cerebellum"], _LABEL["ventricles"])
+FALX, TENTORIUM = _LABEL["falx"], _LABEL["tentorium"]
 SINUSES = (_LABEL["sagittal_sinus"], _LABEL["transverse_sinus"])
 
 
@@ -344,7 +344,7 @@ def refine_sheets(image: Volume, brain: np.ndarray, labels: np.ndarray) -> tuple
     not tell CSF from tissue."""
     from ..geometry import reorient_to, to_canonical
 
-    ventricles = labels == VENTRICLES_LABEL
+    ventricles = labels == VENTRICLES
     values = image.array.astype(np.float32)
     if ventricles.sum() < 20 or not brain.any():
         return labels, "falx and tentorium: no ventricles to learn the CSF contrast from; kept as registered"
@@ -369,15 +369,15 @@ def refine_sheets(image: Volume, brain: np.ndarray, labels: np.ndarray) -> tuple
     # The falx: on left-right lines (axis 0 of the RAS-closest grid), never in the cerebellum
     # or the ventricles.
     falx = _sheet_on_lines(score, lab == FALX, 0, spacing,
-                           envelope & ~np.isin(lab, (CEREBELLUM_LABEL, VENTRICLES_LABEL)))
+                           envelope & ~np.isin(lab, (CEREBELLUM, VENTRICLES)))
     out[out == FALX] = 0
     out[falx & (out == 0)] = FALX
     # The tentorium: on inferior-superior lines (axis 2); it may take the cerebellum's top.
     tentorium = _sheet_on_lines(score, lab == TENTORIUM, 2, spacing,
-                                envelope & ~np.isin(lab, (VENTRICLES_LABEL, *SINUSES)))
+                                envelope & ~np.isin(lab, (VENTRICLES, *SINUSES)))
     ks = np.arange(lab.shape[2])[None, None, :]
     top = np.where(tentorium.any(2), np.max(np.where(tentorium, ks, -1), 2), lab.shape[2])
-    out[(out == CEREBELLUM_LABEL) & (ks > top[..., None])] = 0
+    out[(out == CEREBELLUM) & (ks > top[..., None])] = 0
     out[out == TENTORIUM] = 0
     out[tentorium] = TENTORIUM
     full[box] = out
@@ -400,8 +400,6 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     tentorium are moved onto the patient's CSF lines (``refine_sheets``) unless ``csf_sheets=False``.
     """
     from .multiatlas import (
-        CEREBELLUM,
-        VENTRICLES,
         BarrierWarning,
         csf_refine,
         multiatlas_structures,
