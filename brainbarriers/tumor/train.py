@@ -258,6 +258,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality-dropout", type=float, default=None,
                    help="probability that a training sample keeps only a random subset of its "
                         "sequences (the rest zero): the model then accepts any non-empty subset")
+    p.add_argument("--dropout-subsets", nargs="+", default=None, metavar="SUBSET",
+                   help="the subsets that modality dropout keeps, e.g. t1+flair flair (default: "
+                        "all 14 non-empty proper subsets, uniformly)")
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this model package's weights (same architecture; "
                         "its fold of the same number, so held-out cases stay unseen)")
@@ -284,6 +287,11 @@ def resolve_config(args: argparse.Namespace, n_train: int) -> dict:
                 "modality_dropout"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
+    if args.dropout_subsets is not None:
+        if not cfg.get("modality_dropout"):
+            raise InputError(None, "--dropout-subsets needs --modality-dropout above 0")
+        cfg["dropout_subsets"] = ["+".join(SEQUENCES[c] for c in parse_subset(s))
+                                  for s in args.dropout_subsets]
     cfg["iterations_per_epoch"] = math.ceil(n_train / cfg["batch_size"])
     if args.iterations is not None:
         cfg["iterations"] = args.iterations
@@ -309,15 +317,29 @@ PARTIAL_SUBSETS = [c for n in range(1, len(SEQUENCES))
                    for c in itertools.combinations(range(len(SEQUENCES)), n)]
 
 
+def parse_subset(text: str) -> tuple:
+    """'t1+flair' -> (0, 3): a non-empty proper subset of the sequences, as channel indices."""
+    names = text.lower().split("+")
+    bad = [n for n in names if n not in SEQUENCES]
+    if bad or len(set(names)) != len(names):
+        raise InputError(None, f"--dropout-subsets {text!r}: give sequences from {SEQUENCES} "
+                         "joined by '+', each once")
+    subset = tuple(sorted(SEQUENCES.index(n) for n in names))
+    if subset not in PARTIAL_SUBSETS:
+        raise InputError(None, f"--dropout-subsets {text!r}: all four is no dropout")
+    return subset
+
+
 def sample_batch(data: list[dict], tf, size: int, seed: int, fold: int, it: int, rank: int,
-                 modality_dropout: float = 0.0) -> list:
+                 modality_dropout: float = 0.0, subsets: list | None = None) -> list:
     """The augmented samples of iteration ``it``: a pure function of (seed, fold, rank, it).
 
-    With ``modality_dropout`` p, each sample keeps, with probability p, only one of the 14
-    non-empty proper subsets of its sequences (uniformly chosen); the others become zeros, as an
-    absent sequence is fed at inference. With p = 0 no extra random numbers are drawn, so runs
-    without dropout sample exactly as before.
+    With ``modality_dropout`` p, each sample keeps, with probability p, only one of ``subsets``
+    (channel-index tuples; default the 14 non-empty proper subsets of its sequences), uniformly
+    chosen; the others become zeros, as an absent sequence is fed at inference. With p = 0 no
+    extra random numbers are drawn, so runs without dropout sample exactly as before.
     """
+    subsets = subsets or PARTIAL_SUBSETS
     rng = np.random.default_rng([seed, fold, rank, it])
     tf.set_random_state(seed=int(rng.integers(2**31)))
     out = []
@@ -326,7 +348,7 @@ def sample_batch(data: list[dict], tf, size: int, seed: int, fold: int, it: int,
         s = tf({"image": d["image"], "label": d["label"]})
         s = s[0] if isinstance(s, list) else s
         if modality_dropout > 0 and rng.random() < modality_dropout:
-            keep = PARTIAL_SUBSETS[int(rng.integers(len(PARTIAL_SUBSETS)))]
+            keep = subsets[int(rng.integers(len(subsets)))]
             # In place: the augmentation's intensity scaling (prob 1) made a new array.
             s["image"][[c for c in range(len(SEQUENCES)) if c not in keep]] = 0
         out.append(s)
@@ -439,7 +461,8 @@ def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank:
     it = start
     for it in range(start + 1, total + 1):
         batch = sample_batch(data, tf, cfg["batch_size"], args.seed, fold, it, rank,
-                             cfg.get("modality_dropout", 0.0))
+                             cfg.get("modality_dropout", 0.0),
+                             [parse_subset(t) for t in cfg.get("dropout_subsets", [])])
         x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device)
         y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device)
         with torch.autocast("cuda", enabled=use_amp):
