@@ -56,7 +56,7 @@ def main() -> int:
     from brainbarriers.metrics import brats_scores
     from brainbarriers.models import load_package
     from brainbarriers.supervoxels.snap import snap_to_supervoxels
-    from brainbarriers.tumor.inference import remove_small_components, segment
+    from brainbarriers.tumor.inference import keep_main_tumour, remove_small_components, segment
     from brainbarriers.tumor.step import DEFAULT_MODEL
     from brainbarriers.tumor.train import find_cases, load_case_volumes
 
@@ -65,6 +65,9 @@ def main() -> int:
     ap.add_argument("--cases", nargs="*", default=None)
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--min-component-ml", type=float, nargs="*", default=[0.1, 0.5, 1.0, 2.0])
+    ap.add_argument("--main-tumour", type=float, nargs="*", default=[],
+                    help="also score the first package keeping only the largest tumour component "
+                         "and other foci with at least this much core in ml (inf: largest only)")
     ap.add_argument("--subsets", nargs="*", default=[],
                     help="sequence subsets for the first package, e.g. t1ce+flair flair")
     ap.add_argument("--snap", action="store_true",
@@ -90,7 +93,8 @@ def main() -> int:
             for label, given in runs:
                 t = time.perf_counter()
                 pred = segment({s: vols[s] for s in given}, mask, _subset_view(pkg, given),
-                               tta=not args.no_tta, min_component_ml=0.0, nets=nets)
+                               tta=not args.no_tta, min_component_ml=0.0, focus_core_ml=0.0,
+                               nets=nets)
                 seconds = time.perf_counter() - t
                 rows.append({"case": case["id"], "package": name, "post": 0.0,
                              "sequences": "+".join(given), "network": key or "all folds",
@@ -102,6 +106,12 @@ def main() -> int:
                         rows.append({"case": case["id"], "package": name, "post": ml,
                                      "sequences": r["sequences"],
                                      **brats_scores(pred.with_array(cleaned), truth)})
+                    for core_ml in args.main_tumour:
+                        kept, _ = keep_main_tumour(pred.array, pred.voxel_volume_ml, core_ml)
+                        rows.append({"case": case["id"], "package": name,
+                                     "post": f"main tumour, foci with core >= {core_ml:g} ml",
+                                     "sequences": r["sequences"],
+                                     **brats_scores(pred.with_array(kept), truth)})
                     if args.snap:
                         for level, regions in _supervoxel_maps(vols, mask).items():
                             snapped = snap_to_supervoxels(pred.array, regions, 0.5)

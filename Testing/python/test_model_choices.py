@@ -65,7 +65,7 @@ def stand_ins(monkeypatch):
     def segment_with_uncertainty(images, brain, package, **kwargs):
         used["tumor"] = package.name
         return (Volume(np.zeros(SHAPE, np.uint8), np.eye(4)),
-                Volume(np.zeros(SHAPE, np.float32), np.eye(4)))
+                Volume(np.zeros(SHAPE, np.float32), np.eye(4)), [])
 
     def atlas_barriers(reference, brain_mask):
         used["barriers"] = "atlas"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from pipeline_standins import standin_skullstrip
 
 from brainbarriers.cli.main import main as cli
@@ -27,6 +28,7 @@ from brainbarriers.tumor.inference import (
     grid_with_spacing,
     network_passes,
     predict_array,
+    keep_main_tumour,
     relabel_small_et,
     remove_small_components,
     segment,
@@ -145,6 +147,28 @@ def test_small_components_other_than_the_largest_are_removed():
     assert remove_small_components(labels, 0.001, 10.0)[5, 5, 5] == 4
 
 
+def test_main_tumour_keeps_other_foci_with_core_and_says_what_it_cleared():
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:14, 2:14, 2:14] = 2  # the main tumour, 1.728 ml
+    labels[6:9, 6:9, 6:9] = 4
+    labels[20:30, 20:30, 20:30] = 2  # 1 ml of oedema alone, away from it: cleared
+    labels[30:38, 2:10, 2:10] = 2  # a second focus with 0.125 ml of enhancing core: kept at 0.1 ml
+    labels[32:37, 4:9, 4:9] = 4
+    out, removed = keep_main_tumour(labels, 0.001, 0.1)
+    assert np.array_equal(out[20:30, 20:30, 20:30], np.zeros((10, 10, 10)))
+    assert np.array_equal(out[:14], labels[:14]) and np.array_equal(out[30:], labels[30:])
+    assert len(removed) == 1 and removed[0]["ml"] == pytest.approx(1.0)
+    assert removed[0]["core_ml"] == 0 and removed[0]["centre"] == pytest.approx([24.5] * 3)
+    # The largest only: the second focus goes too, largest cleared component first.
+    assert np.array_equal(keep_main_tumour(labels, 0.001, 0.0)[0], labels)  # 0 keeps every one
+    out, removed = keep_main_tumour(labels, 0.001, float("inf"))
+    assert set(np.unique(out[30:])) == {0} and [r["ml"] for r in removed] == pytest.approx([1.0, 0.512])
+    one = np.zeros_like(labels)
+    one[5:9, 5:9, 5:9] = 2
+    out, removed = keep_main_tumour(one, 0.001, float("inf"))
+    assert out is one and removed == []
+
+
 def test_a_case_without_tumour_gives_an_empty_map_and_a_warning(small_case_dir, tmp_path):
     from brainbarriers.models import write_package
     from brainbarriers.nets.hnfnet import HNFNetv2
@@ -166,6 +190,41 @@ def test_a_case_without_tumour_gives_an_empty_map_and_a_warning(small_case_dir, 
     outputs = run.run()
     assert not load_volume(outputs["tumor"], allow_empty=True).array.any()
     assert any("found no tumour" in w["message"] for w in run.warnings)
+
+
+def test_the_step_clears_a_blob_away_from_the_tumour_and_says_where(small_case_dir, tmp_path,
+                                                                   monkeypatch):
+    def two_blobs(nets, x, **kw):  # the network's probabilities: a tumour and a blob of "oedema"
+        prob = np.zeros((3,) + tuple(x.shape[1:]), np.float32)
+        i, j, k = (n // 2 for n in x.shape[1:])
+        d = x.shape[1] // 4
+        prob[:, i - d - 3:i - d + 3, j - 3:j + 3, k - 3:k + 3] = 1.0  # WT, TC and ET
+        prob[0, i + d - 2:i + d + 2, j - 2:j + 2, k - 2:k + 2] = 1.0  # WT only, apart
+        return (prob, np.zeros_like(prob[0])) if kw["spread"] else prob
+
+    monkeypatch.setattr("brainbarriers.tumor.inference.predict_array", two_blobs)
+
+    def run(focus):
+        r = PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in SEQ}, tmp_path / str(focus),
+                        [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), STEP],
+                        device="cpu", options={"tumor": {"tta": False, "focus_core_ml": focus,
+                                                         "model": "demo-hnfnetv2-phantom"}})
+        return load_volume(r.run()["tumor"]), [w["message"] for w in r.warnings]
+
+    kept, warnings = run(0)
+    assert not any("cleared" in w for w in warnings)
+    comp, n = ndimage.label(kept.array > 0)
+    assert n == 2
+    cleared, warnings = run(1)
+    blob = (kept.array > 0) & (cleared.array == 0)
+    assert blob.any() and np.array_equal(cleared.array, np.where(blob, 0, kept.array))
+    assert not np.isin(kept.array[blob], (1, 4)).any()  # the blob without core went
+    centre = kept.affine @ [*np.argwhere(blob).mean(0), 1.0]
+    said = [w for w in warnings if "cleared" in w]
+    assert len(said) == 1 and f"{blob.sum() * kept.voxel_volume_ml:.1f} ml" in said[0]
+    assert "RAS (" + ", ".join(f"{c:.0f}" for c in centre[:3]) + ")" in said[0]
+    with pytest.raises(InputError, match="focus_core_ml"):
+        run("lots")
 
 
 def test_grid_with_spacing_keeps_the_field_of_view():
@@ -636,3 +695,25 @@ def test_modality_dropout_keeps_a_non_empty_subset_and_leaves_runs_without_it_un
     kept = [tuple(c for c in range(4) if s["image"][c].any()) for s in dropped]
     assert all(k in PARTIAL_SUBSETS for k in kept) and len(set(kept)) > 1
     assert all(data[i]["image"].all() for i in range(3))
+
+
+def test_dropout_subsets_keep_only_the_named_subsets():
+    from brainbarriers.errors import InputError
+    from brainbarriers.tumor.train import parse_subset, sample_batch
+
+    class Copy:
+        def set_random_state(self, seed):
+            pass
+
+        def __call__(self, d):
+            return {"image": d["image"].copy(), "label": d["label"].copy()}
+
+    assert parse_subset("FLAIR+t1") == (0, 3)
+    for bad in ("t1+t1", "t1+pd", "t1+t1ce+t2+flair"):
+        with pytest.raises(InputError, match="--dropout-subsets"):
+            parse_subset(bad)
+    data = [{"image": np.ones((4, 3, 3, 3), np.float32), "label": np.zeros((3, 3, 3, 3))}]
+    wanted = [parse_subset("t1+flair"), parse_subset("t2")]
+    dropped = sample_batch(data, Copy(), 16, 0, 0, 5, 0, modality_dropout=1.0, subsets=wanted)
+    kept = {tuple(c for c in range(4) if s["image"][c].any()) for s in dropped}
+    assert kept == {(0, 3), (2,)}

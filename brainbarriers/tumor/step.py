@@ -16,6 +16,9 @@ Options (``--set tumor.KEY=VALUE``):
   necrosis;
 - ``min_component_ml`` (the package's value, else 0): tumour components smaller than this, other
   than the largest, are removed;
+- ``focus_core_ml`` (the package's value, else 0): only the main tumour is kept - the largest
+  component and other foci with at least this much tumour core (ml); 0 keeps every component,
+  ``inf`` the largest only. Each component cleared is named in a warning (volume, centre in RAS);
 - ``overlap`` (0.5): sliding-window overlap;
 - ``refine_supervoxels`` (false): snap the labels to the merged supervoxels
   (``brainbarriers.supervoxels.snap.snap_to_supervoxels``), when that product exists;
@@ -33,7 +36,7 @@ DEFAULT_MODEL = "brats-hnfnetv2-cpu"
 # The model's input names -> the skull-stripped products of the skullstrip step.
 PRODUCT_OF = {"t1": "t1_brain", "t1ce": "t1ce_brain", "t2": "t2_brain", "flair": "flair_brain"}
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
-OPTIONS = ("model", "tta", "tta_flips", "small_et_ml", "min_component_ml", "overlap",
+OPTIONS = ("model", "tta", "tta_flips", "small_et_ml", "min_component_ml", "focus_core_ml", "overlap",
            "refine_supervoxels", "supervoxel_fraction")
 
 
@@ -83,20 +86,24 @@ def run(ctx: StepContext) -> dict[str, Volume]:
         ctx.warn(caveat)
     images = {s: ctx.get(PRODUCT_OF[s]) for s in used}
     ctx.progress(0.0, f"tumour segmentation with {package.name} {package.version} on {ctx.device}")
-    small = opts.get("small_et_ml")
-    min_comp = opts.get("min_component_ml")
     tta = option_flag(opts.get("tta", True), "tumor", "tta")
     try:
         flips = int(opts.get("tta_flips", len(FLIPS)))
     except ValueError:
         raise InputError(None, f"tumor.tta_flips={opts['tta_flips']!r}: give a number from 1 to "
                          f"{len(FLIPS)}") from None
-    labels, uncertainty = segment_with_uncertainty(
+    labels, uncertainty, cleared = segment_with_uncertainty(
         images, ctx.get("brain_mask"), package, tta=tta, device=ctx.device,
-        small_et_ml=None if small is None else float(small),
-        min_component_ml=None if min_comp is None else float(min_comp),
+        small_et_ml=_ml_option(opts, "small_et_ml"),
+        min_component_ml=_ml_option(opts, "min_component_ml"),
+        focus_core_ml=_ml_option(opts, "focus_core_ml"),
         overlap=float(opts.get("overlap", 0.5)), flips=flips,
         progress=lambda f, m: ctx.progress(0.95 * f, m))
+    for c in cleared:
+        r, a, s = (labels.affine @ [*c["centre"], 1.0])[:3]
+        ctx.warn(f"a tumour component of {c['ml']:.1f} ml ({c['core_ml']:.1f} ml of core) away from "
+                 f"the main tumour was cleared as a likely false positive, centred at RAS "
+                 f"({r:.0f}, {a:.0f}, {s:.0f}) mm: check it (tumor.focus_core_ml=0 keeps it)")
     if option_flag(opts.get("refine_supervoxels", False), "tumor", "refine_supervoxels"):
         if ctx.has("supervoxels_merged"):
             from ..supervoxels.snap import snap_to_supervoxels
@@ -120,6 +127,19 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     return out
 
 
+def _ml_option(opts: dict, key: str) -> float | None:
+    """A volume option in ml (None: the package's value)."""
+    if opts.get(key) is None:
+        return None
+    try:
+        value = float(opts[key])
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise InputError(None, f"tumor.{key}={opts[key]!r}: give a volume in ml (0 or more)")
+    return value
+
+
 STEP = Step(
     name="tumor",
     run=run,
@@ -129,7 +149,7 @@ STEP = Step(
     outputs=("tumor",),
     optional_outputs=("tumor_uncertainty",),
     labels=("tumor",),
-    version="1",
+    version="2",
     description="tumour sub-regions (BraTS 1/2/4) by HNF-Netv2 / ConResNet / SegResNet packages",
     options=OPTIONS,
 )
