@@ -194,6 +194,7 @@ def test_atlas_stage_on_a_real_brain_in_las_orientation():
     in_brain = {v: float(brain[labels == v].mean()) for v in STRUCTURES}
     assert 80 < (labels == 5).sum() * ml < 200  # cerebellum, ml
     assert offset[5][1] < -15 and offset[5][2] < -15  # posterior and inferior
+    assert in_brain[5] == 1.0  # the template's cerebellum is cut to the patient's brain
     assert 5 < (labels == 6).sum() * ml < 80 and np.linalg.norm(offset[6]) < 20 and in_brain[6] > 0.9
     assert off_mid[1] < 7 and offset[1][2] > 10  # falx: midline, above the centre
     assert offset[2][2] > offset[5][2] + 5 and offset[2][1] < -15  # tentorium over the cerebellum

@@ -417,6 +417,9 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     # Through a 2 mm displacement field: the same labels (measured: 0.9999991 of the voxels on the
     # demo case) six times faster than evaluating the B-spline at every voxel of every channel.
     labels, prob = warp_labels(template_labels, fixed, dense_transform(transform, fixed))
+    # The coarse B-spline cannot match the brain's outline: the template's cerebellum reached 6-12 ml
+    # past the patient's brain on the OASIS heads (cerebellum Dice 0.916 -> 0.938 without it).
+    labels[(labels == CEREBELLUM) & ~brain] = 0
     if anatomy == "multiatlas":
         structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases)
         for note in notes:
@@ -428,7 +431,8 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
         if note:
             warnings.warn(note, BarrierWarning, stacklevel=2)
         labels = np.where(labels == VENTRICLES, 0, labels).astype(np.uint8)
-        labels[ventricles & brain & (labels == 0)] = VENTRICLES
+        # CSF is not cerebellum: the fourth ventricle, which the template's cerebellum covers.
+        labels[ventricles & brain & np.isin(labels, (0, CEREBELLUM))] = VENTRICLES
     if csf_sheets:
         labels, note = refine_sheets(image, brain, labels)
         if note:

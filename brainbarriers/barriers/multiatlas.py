@@ -303,7 +303,8 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
             warnings.append(warning)
     else:
         ventricles = fused[1] > 0.5
-    ventricles &= sub_brain & ~cerebellum
+    ventricles &= sub_brain
+    cerebellum &= ~ventricles  # CSF is not cerebellum: the fourth ventricle lies in its outline
     labels = np.zeros(image.shape, np.uint8)
     labels[box] = np.where(cerebellum, CEREBELLUM, np.where(ventricles, VENTRICLES, 0))
     full = np.zeros((2, *image.shape), np.float32)
