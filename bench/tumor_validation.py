@@ -2,22 +2,25 @@
 
 For each case (default: the held-out cases recorded in the default package's manifest, read from
 ``../shared/data``; or ``--cases DIR [DIR ...]``, BraTS case folders), every package in
-``--packages`` segments the case as the tumour step does (``tumor.inference.segment``, test-time
-flips unless ``--no-tta``), and the labels are scored with the BraTS conventions
-(``metrics.brats_scores``, as ``brainbarriers evaluate --json``). A package trained by
-cross-validation segments each of its held-out cases with the one fold that did not see it (its
-other folds did); other packages run all their folds. The first package is also scored after
-removing tumour components other than the largest below each ``--min-component-ml`` threshold, to
-measure that post-processing on real cases, with ``--snap``, after snapping its labels to the
-case's supervoxels as ``--set tumor.refine_supervoxels=true`` does (the supervoxels step's merged
-map of 300 regions, and the oversegmentation itself; a supervoxel at least half tumour becomes
-tumour, one less than half is cleared), and, with ``--subsets``, on subsets of the sequences
-(the absent ones fed as zeros, as the tumour step does for a model that accepts subsets).
+``--packages`` segments the case as the tumour step does, but keeping every tumour component
+(``tumor.inference.segment``, test-time flips unless ``--no-tta``), and the labels are scored with
+the BraTS conventions (``metrics.brats_scores``, as ``brainbarriers evaluate --json``). A package
+trained by cross-validation segments each of its held-out cases with the one fold that did not
+see it (its other folds did); other packages run all their folds. The first package is also
+scored after post-processing: with ``--main-tumour`` (on every subset too), keeping only the main
+tumour (``tumor.inference.keep_main_tumour``, what the step does with the package's
+``focus_core_ml``); removing tumour components other than the largest below each
+``--min-component-ml`` threshold; with ``--snap``, snapping its labels to the case's supervoxels as
+``--set tumor.refine_supervoxels=true`` does (the supervoxels step's merged map of 300 regions, and
+the oversegmentation itself; a supervoxel at least half tumour becomes tumour, one less than half
+is cleared). With ``--subsets`` it runs on subsets of the sequences (the absent ones fed as zeros,
+as the tumour step does for a model that accepts subsets).
 
     python bench/tumor_validation.py --packages default demo-hnfnetv2-phantom --json out.json
     python bench/tumor_validation.py --packages default --no-tta \
         --subsets t1ce+flair t1+flair t1ce+t2 flair t1ce
     python bench/tumor_validation.py --packages default --no-tta --snap
+    python bench/tumor_validation.py --packages default --no-tta --main-tumour inf 1
 """
 
 from __future__ import annotations
@@ -100,18 +103,19 @@ def main() -> int:
                              "sequences": "+".join(given), "network": key or "all folds",
                              "seconds": round(seconds, 1), **brats_scores(pred, truth)})
                 r = rows[-1]
-                if name == names[0] and label == "all":
-                    for ml in args.min_component_ml:
-                        cleaned = remove_small_components(pred.array, pred.voxel_volume_ml, ml)
-                        rows.append({"case": case["id"], "package": name, "post": ml,
-                                     "sequences": r["sequences"],
-                                     **brats_scores(pred.with_array(cleaned), truth)})
+                if name == names[0]:
                     for core_ml in args.main_tumour:
                         kept, _ = keep_main_tumour(pred.array, pred.voxel_volume_ml, core_ml)
                         rows.append({"case": case["id"], "package": name,
                                      "post": f"main tumour, foci with core >= {core_ml:g} ml",
                                      "sequences": r["sequences"],
                                      **brats_scores(pred.with_array(kept), truth)})
+                if name == names[0] and label == "all":
+                    for ml in args.min_component_ml:
+                        cleaned = remove_small_components(pred.array, pred.voxel_volume_ml, ml)
+                        rows.append({"case": case["id"], "package": name, "post": ml,
+                                     "sequences": r["sequences"],
+                                     **brats_scores(pred.with_array(cleaned), truth)})
                     if args.snap:
                         for level, regions in _supervoxel_maps(vols, mask).items():
                             snapped = snap_to_supervoxels(pred.array, regions, 0.5)

@@ -368,23 +368,27 @@ def test_default_model_on_real_held_out_cases():
 
 @pytest.mark.skipif(not (SHARED / "brats18").is_dir(), reason="shared/data/brats18 not found")
 def test_the_default_hands_missing_sequences_to_a_model_trained_for_them():
-    """The default names a subset model; on a real case its fold never saw, from T1 and FLAIR
-    alone, it finds the whole tumour (measured WT 0.864; the four-sequence default refuses to
-    run without T1ce and T2)."""
+    """The default names subset models; on a real case their fold never saw, from T1 and FLAIR
+    alone (the model trained for that pair; measured WT 0.907) and from T1ce and FLAIR (the model
+    for any subset; measured WT 0.806), they find the whole tumour; the four-sequence default
+    refuses to run without its four."""
     from brainbarriers.metrics import brats_scores
-    from brainbarriers.tumor.step import DEFAULT_MODEL
+    from brainbarriers.tumor.step import DEFAULT_MODEL, subset_model_for
     from brainbarriers.tumor.train import find_cases, load_case_volumes
 
     default = load_package(DEFAULT_MODEL)
     assert not default.accepts_subsets
-    anyseq = load_package(default.manifest["subset_model"])
-    assert anyseq.accepts_subsets and anyseq.manifest["training"]["initialised_from"] == DEFAULT_MODEL
-    fold = anyseq.manifest["training"]["folds"][0]
     cid = "Brats18_2013_20_1"
-    assert cid in fold["val_cases"] and cid not in fold["train_cases"]
     vols, mask, truth = load_case_volumes(find_cases(SHARED / "brats18" / cid)[0])
-    pred = segment({s: vols[s] for s in ("t1", "flair")}, mask, anyseq, tta=False)
-    assert brats_scores(pred, truth)["WT"]["dice"] >= 0.80
+    for given, name in ((["t1", "flair"], "brats-hnfnetv2-cpu-t1flair"),
+                        (["t1ce", "flair"], "brats-hnfnetv2-cpu-anyseq")):
+        model = load_package(subset_model_for(default, given))
+        assert model.name == name and model.accepts_subsets
+        assert model.manifest["training"]["initialised_from"] == DEFAULT_MODEL
+        fold = model.manifest["training"]["folds"][0]
+        assert cid in fold["val_cases"] and cid not in fold["train_cases"]
+        pred = segment({s: vols[s] for s in given}, mask, model, tta=False)
+        assert brats_scores(pred, truth)["WT"]["dice"] >= 0.78, given
 
 
 def test_missing_extra_and_incompatible_inputs(small_case_dir, small_case, tmp_path):
@@ -470,6 +474,23 @@ def test_a_model_that_accepts_subsets_runs_on_the_sequences_given_and_says_what_
     said = " | ".join(w["message"] for w in run.warnings)
     assert "t1, t2 not given: tumour model demo-hnfnetv2-phantom (trained for any subset" in said
     assert "without T1ce" not in said and "without FLAIR or T2" not in said
+    # ... or to the one its manifest names for exactly the sequences given.
+    pair = tmp_path / "pair"
+    shutil.copytree(pkg, pair)
+    m_pair = json.loads((pair / "manifest.json").read_text())
+    (pair / "manifest.json").write_text(json.dumps({**m_pair, "name": "pair-model"}))
+    m["subset_models"] = {"t1ce+flair": str(pair)}
+    (four / "manifest.json").write_text(json.dumps(m))
+    said = []
+    for given in (("t1ce", "flair"), ("t2", "flair")):
+        run = PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in given},
+                          tmp_path / ("run-" + "-".join(given)), [standin_skullstrip(
+                              small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",
+                          options={"tumor": {"model": str(four), "tta": "false"}})
+        run.run()
+        said.append(" | ".join(w["message"] for w in run.warnings))
+    assert "tumour model pair-model (trained for t1ce + flair) runs instead" in said[0]
+    assert "tumour model demo-hnfnetv2-phantom (trained for any subset" in said[1]
 
 
 def test_refine_by_supervoxels(small_case_dir, tmp_path):

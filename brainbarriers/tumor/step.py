@@ -7,8 +7,9 @@ Options (``--set tumor.KEY=VALUE``):
 - ``model``: a model package folder, zip or installed name (default: the shipped
   ``brats-hnfnetv2-cpu``, trained on real BraTS cases; ``demo-hnfnetv2-phantom`` is the
   phantom-trained demo package). When sequences are missing, a package that does not take a
-  subset of its inputs hands over to the package its manifest names as ``subset_model`` (one
-  trained with modality dropout), and the step says so;
+  subset of its inputs hands over to the package its manifest names for exactly those sequences
+  (``subset_models``) or else for any subset (``subset_model``, trained with modality dropout), and
+  the step says so;
 - ``tta`` (true): test-time augmentation with the 7 flips plus the identity (shared out among the
   package's folds, so an ensemble costs what one network with TTA costs); ``tta_flips`` (8): how
   many of the eight flip variants to run (fewer is faster);
@@ -52,6 +53,14 @@ def subset_caveats(used: list[str]) -> list[str]:
     return caveats
 
 
+def subset_model_for(package, used: list[str]) -> str | None:
+    """The model a four-sequence package's manifest names for the sequences given: the one trained
+    for exactly these (``subset_models``, keyed "t1+flair" in the package's input order), else the
+    one trained for any subset (``subset_model``)."""
+    return (package.manifest.get("subset_models", {}).get("+".join(used))
+            or package.manifest.get("subset_model"))
+
+
 def run(ctx: StepContext) -> dict[str, Volume]:
     from .inference import FLIPS, network_passes, segment_with_uncertainty
 
@@ -66,10 +75,13 @@ def run(ctx: StepContext) -> dict[str, Volume]:
                          "not a tumor model")
     used = [s for s in package.inputs if ctx.has(PRODUCT_OF[s])]
     missing = [s for s in package.inputs if s not in used]
-    if missing and not package.accepts_subsets and package.manifest.get("subset_model"):
-        chosen = load_package(package.manifest["subset_model"])
-        ctx.warn(f"{', '.join(missing)} not given: tumour model {chosen.name} (trained for any "
-                 f"subset of the sequences) runs instead of {package.name}")
+    substitute = subset_model_for(package, used) if missing and not package.accepts_subsets else None
+    if substitute:
+        chosen = load_package(substitute)
+        trained_for = ("any subset of the sequences" if substitute == package.manifest.get(
+            "subset_model") else " + ".join(used))
+        ctx.warn(f"{', '.join(missing)} not given: tumour model {chosen.name} (trained for "
+                 f"{trained_for}) runs instead of {package.name}")
         package = chosen
         used = [s for s in package.inputs if ctx.has(PRODUCT_OF[s])]
         missing = [s for s in package.inputs if s not in used]
