@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 from pipeline_standins import standin_skullstrip
+from scipy import ndimage
 
 from brainbarriers.cli.main import main as cli
 from brainbarriers.errors import InputError
@@ -26,9 +26,9 @@ from brainbarriers.pipeline.core import Step
 from brainbarriers.tumor.inference import (
     FLIPS,
     grid_with_spacing,
+    keep_main_tumour,
     network_passes,
     predict_array,
-    keep_main_tumour,
     relabel_small_et,
     remove_small_components,
     segment,

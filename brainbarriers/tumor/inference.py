@@ -172,8 +172,9 @@ def keep_main_tumour(labels: np.ndarray, voxel_ml: float,
                      focus_core_ml: float) -> tuple[np.ndarray, list[dict]]:
     """Only the largest whole-tumour component and the other foci with at least ``focus_core_ml``
     of tumour core (necrosis or enhancing): a component of oedema alone, away from the tumour, is
-    cleared (0 keeps every component, inf the largest only). Returns the labels and the cleared components (``ml``, ``core_ml``, ``centre``: the
-    voxel index of their centroid), largest first, so that the step can say what it removed.
+    cleared (0 keeps every component, inf the largest only). Returns the labels and the cleared
+    components (``ml``, ``core_ml``, ``centre``: the voxel index of their centroid), largest
+    first, so that the step can say what it removed.
     """
     from scipy import ndimage
 

@@ -37,8 +37,8 @@ DEFAULT_MODEL = "brats-hnfnetv2-cpu"
 # The model's input names -> the skull-stripped products of the skullstrip step.
 PRODUCT_OF = {"t1": "t1_brain", "t1ce": "t1ce_brain", "t2": "t2_brain", "flair": "flair_brain"}
 SEQUENCES = ("t1", "t1ce", "t2", "flair")
-OPTIONS = ("model", "tta", "tta_flips", "small_et_ml", "min_component_ml", "focus_core_ml", "overlap",
-           "refine_supervoxels", "supervoxel_fraction")
+OPTIONS = ("model", "tta", "tta_flips", "small_et_ml", "min_component_ml", "focus_core_ml",
+           "overlap", "refine_supervoxels", "supervoxel_fraction")
 
 
 def subset_caveats(used: list[str]) -> list[str]:
@@ -75,7 +75,9 @@ def run(ctx: StepContext) -> dict[str, Volume]:
                          "not a tumor model")
     used = [s for s in package.inputs if ctx.has(PRODUCT_OF[s])]
     missing = [s for s in package.inputs if s not in used]
-    substitute = subset_model_for(package, used) if missing and not package.accepts_subsets else None
+    substitute = None
+    if missing and not package.accepts_subsets:
+        substitute = subset_model_for(package, used)
     if substitute:
         chosen = load_package(substitute)
         trained_for = ("any subset of the sequences" if substitute == package.manifest.get(
