@@ -149,16 +149,22 @@ def relabel_small_et(labels: np.ndarray, voxel_ml: float, small_et_ml: float) ->
     return labels
 
 
-def remove_small_components(labels: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray:
-    """Whole-tumour components below ``min_ml`` are cleared, except the largest one."""
+def _tumour_components(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected whole-tumour components (0 outside) and their sizes in voxels."""
     from scipy import ndimage
 
+    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    return comp, np.bincount(comp.ravel(), minlength=n + 1)[1:]
+
+
+def remove_small_components(labels: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray:
+    """Whole-tumour components below ``min_ml`` are cleared, except the largest one."""
     if min_ml <= 0:
         return labels
-    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
+    comp, sizes = _tumour_components(labels)
+    if sizes.size <= 1:
         return labels
-    sizes = np.bincount(comp.ravel())[1:] * voxel_ml
+    sizes = sizes * voxel_ml
     drop = np.flatnonzero(sizes < min_ml) + 1
     drop = drop[drop != int(np.argmax(sizes)) + 1]
     if drop.size == 0:
@@ -180,10 +186,10 @@ def keep_main_tumour(labels: np.ndarray, voxel_ml: float,
 
     if focus_core_ml <= 0:
         return labels, []
-    comp, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3), bool))
+    comp, sizes = _tumour_components(labels)
+    n = sizes.size
     if n <= 1:
         return labels, []
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
     core = np.bincount(comp.ravel(), weights=np.isin(labels, (1, 4)).ravel(), minlength=n + 1)[1:]
     largest = int(np.argmax(sizes))
     drop = [i for i in range(n) if i != largest and core[i] * voxel_ml < focus_core_ml]

@@ -114,7 +114,7 @@ def run(ctx: StepContext) -> dict[str, Volume]:
         overlap=float(opts.get("overlap", 0.5)), flips=flips,
         progress=lambda f, m: ctx.progress(0.95 * f, m))
     for c in cleared:
-        r, a, s = (labels.affine @ [*c["centre"], 1.0])[:3]
+        r, a, s = labels.world_coordinates([c["centre"]])[0]
         ctx.warn(f"a tumour component of {c['ml']:.1f} ml ({c['core_ml']:.1f} ml of core) away from "
                  f"the main tumour was cleared as a likely false positive, centred at RAS "
                  f"({r:.0f}, {a:.0f}, {s:.0f}) mm: check it (tumor.focus_core_ml=0 keeps it)")
