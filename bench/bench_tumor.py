@@ -18,9 +18,13 @@ its resident set just before ``segment`` runs (the model loaded). Configurations
 - ``hnfnetv2-paper``: the paper-sized HNF-Netv2 (17.7 M parameters, random weights) at 1 mm with
   128^3 windows (slow on CPU: opt in with ``--configs``).
 
-Dice (WT, TC, ET) is printed for the trained packages.
+Dice (WT, TC, ET) is printed for the trained packages. With ``--device cuda`` each configuration
+runs once untimed first (CUDA start-up, cuDNN's algorithm search), and the peak is the GPU memory
+that PyTorch allocated. ``--package PATH`` stands another package in for ``default`` (a model of
+the same architecture, to time where the default's weights are not).
 
     python bench/bench_tumor.py --threads 2 --configs default,phantom,segresnet --tta both
+    python bench/bench_tumor.py --device cuda --case demo --configs default,segresnet
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from pathlib import Path
 SEQ = ("t1", "t1ce", "t2", "flair")
 
 
-def _package(config: str, tmp: Path):
+def _package(config: str, tmp: Path, package: str | None = None):
     from brainbarriers.models import load_package, write_package
 
+    if config == "default" and package:
+        return load_package(package)
     if config == "default":
         from brainbarriers.tumor.step import DEFAULT_MODEL
 
@@ -101,7 +107,8 @@ def _load_case(case: str):
     return load_case_volumes(find_cases(case)[0])
 
 
-def run_one(config: str, tta: bool, threads: int, case: str, flips: int = 8) -> dict:
+def run_one(config: str, tta: bool, threads: int, case: str, flips: int = 8,
+            device: str = "cpu", package: str | None = None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -110,24 +117,33 @@ def run_one(config: str, tta: bool, threads: int, case: str, flips: int = 8) -> 
 
     images, mask, truth = _load_case(case)
     with tempfile.TemporaryDirectory() as tmp:
-        pkg = _package(config, Path(tmp))
-        nets = pkg.networks("cpu")
+        pkg = _package(config, Path(tmp), package)
+        nets = pkg.networks(device)
         images = {s: images[s] for s in pkg.inputs}
+        if device == "cuda":  # start-up and cuDNN's algorithm search are not the model's cost
+            segment(images, mask, pkg, tta=tta, nets=nets, flips=flips, device=device)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         import psutil
 
         rss0 = psutil.Process().memory_info().rss / 1024
         t = time.perf_counter()
-        pred = segment(images, mask, pkg, tta=tta, nets=nets, flips=flips)
+        pred = segment(images, mask, pkg, tta=tta, nets=nets, flips=flips, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     trained = config in ("default", "phantom")
     scores = brats_scores(pred, truth) if trained else None
     return {"config": config, "tta": tta, "flips": flips if tta else 0, "folds": len(nets),
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "threads": threads, "case": Path(case).name,
-            "shape": list(mask.shape), "seconds": round(seconds, 1),
+            "shape": list(mask.shape), "seconds": round(seconds, 2),
             "peak_mb_above_start": round((max(peak, before) - rss0) / 1024, 0),
             "peak_rss_mb": round(peak / 1024, 0),
+            **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 0)}
+               if device == "cuda" else {}),
             "dice": {k: v["dice"] for k, v in scores.items()} if scores else None}
 
 
@@ -138,12 +154,15 @@ def main() -> int:
     ap.add_argument("--tta", default="both", choices=["on", "off", "both"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--flips", type=int, default=8, help="flip variants with TTA (tumor.tta_flips)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--package", default=None,
+                    help="a package of the default's architecture to run as 'default'")
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "TTA"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     case = args.case or _default_case()
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1] == "on", args.threads, case,
-                                 args.flips)))
+                                 args.flips, args.device, args.package)))
         return 0
     ttas = {"on": ["on"], "off": ["off"], "both": ["off", "on"]}[args.tta]
     results = []
@@ -152,6 +171,8 @@ def main() -> int:
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             proc = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
                                    "--case", case, "--flips", str(args.flips),
+                                   "--device", args.device,
+                                   *(["--package", args.package] if args.package else []),
                                    "--one", config, tta],
                                   capture_output=True, text=True, env=env)
             if proc.returncode != 0:
@@ -160,13 +181,15 @@ def main() -> int:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results.append(r)
             print(json.dumps(r), flush=True)
-    print(f"\ncase {Path(case).name} {results[0]['shape']}, {args.threads} threads")
-    print(f"{'config':<16}{'TTA':>5}{'time (s)':>10}{'peak MB':>10}{'Dice WT/TC/ET':>20}")
+    print(f"\ncase {Path(case).name} {results[0]['shape']}, {results[0]['device']}, "
+          f"{args.threads} threads")
+    print(f"{'config':<16}{'TTA':>5}{'time (s)':>10}{'peak MB':>10}{'GPU MB':>8}"
+          f"{'Dice WT/TC/ET':>20}")
     for r in results:
         d = r["dice"]
         dice = "" if d is None else f"{d['WT']:.3f}/{d['TC']:.3f}/{d['ET']:.3f}"
         print(f"{r['config']:<16}{'on' if r['tta'] else 'off':>5}{r['seconds']:>10}"
-              f"{r['peak_mb_above_start']:>10}{dice:>20}")
+              f"{r['peak_mb_above_start']:>10}{r.get('peak_gpu_mb', '-'):>8}{dice:>20}")
     return 0
 
 

@@ -665,6 +665,52 @@ def test_train_resume_gives_the_uninterrupted_run_and_a_package_with_validation(
     assert load_package(tmp_path / "cr" / "package").manifest["architecture"]["name"] == "conresnet"
 
 
+def test_training_from_prepared_cases_with_sample_workers_then_validating_on_the_originals(
+        tmp_path, capsys):
+    from brainbarriers.tumor.train import find_cases, load_case
+
+    data = tmp_path / "brats"
+    _write_brats(data, 21, "2021")
+    _write_brats(data, 22, "2023")
+    args = ["train", "tumor", "--base", "4", "--patch", "32", "32", "32", "--spacing", "4",
+            "--batch-size", "2", "--device", "cpu", "--fold", "0", "--folds", "2", "--threads", "1",
+            "--iterations", "2", "--no-tta-validation"]
+    assert cli(args + ["--data", str(data), "--out", str(tmp_path / "p"), "--prepare"]) == 0
+    prepared = tmp_path / "p" / "prepared"
+    cases = find_cases(prepared)
+    assert [c["id"] for c in cases] == [c["id"] for c in find_cases(data)]
+    for raw, ready in zip(find_cases(data), cases):
+        a, b = load_case(raw, spacing=4.0), load_case(ready, spacing=4.0)
+        assert b["image"].dtype == np.float32 and b["image"].shape == a["image"].shape
+        np.testing.assert_allclose(b["image"], a["image"], atol=2e-2, rtol=1e-3)  # float16
+        np.testing.assert_allclose(b["label"], a["label"], atol=1e-3)
+    with pytest.raises(InputError, match="prepared for --head regions at 4.0 mm"):
+        load_case(cases[0], spacing=2.0)
+    # The samples are prepared in worker processes or in the training process: the same run.
+    runs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        assert cli(args + ["--data", str(prepared), "--out", str(out), "--workers", workers]) == 0
+        assert "no final validation" in capsys.readouterr().out
+        assert "validation" not in load_package(out / "package").manifest
+        runs[workers] = load_package(out / "package").state_dict("fold0")
+    for k, t in runs["0"].items():
+        assert torch.equal(t, runs["2"][k]), k
+    # The finished fold travels as its weights alone; on the original data it is packaged with
+    # the validation, not retrained.
+    ckpt = tmp_path / "w2" / "checkpoints" / "fold0" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({k: state[k] for k in ("model", "iteration", "wall_s")}, ckpt)
+    log = (ckpt.parent / "log.jsonl").read_text()
+    assert cli(args + ["--data", str(data), "--out", str(tmp_path / "w2")]) == 0
+    assert (ckpt.parent / "log.jsonl").read_text() == log
+    validated = load_package(tmp_path / "w2" / "package")
+    (held_out,) = validated.manifest["training"]["folds"][0]["val_cases"]
+    assert set(validated.manifest["validation"]["cases"]) == {held_out}
+    for k, t in validated.state_dict("fold0").items():
+        assert torch.equal(t, runs["2"][k]), k
+
+
 def test_train_refuses_bad_data(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli(["train", "tumor", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2

@@ -19,6 +19,15 @@
   command line overrides the configuration's value.
 - Augmentation (HNF-Netv2 paper): foreground-biased random crops, flips on the three axes, rotations
   up to 10 degrees, per-channel intensity shift (+-0.1) and scale (x 0.9-1.1).
+- Prepared cases (``--prepare``): the cases pre-processed as above at the configuration's voxel size,
+  written to ``OUT/prepared`` (``prepared.json`` and one float16 ``.npz`` per case) so that training
+  can run where the original files are not, as nnU-Net trains from its pre-processed folder:
+  ``--data OUT/prepared``. The final validation needs the original volumes, so such a run packages
+  without it; running again on the original data with the same ``--out`` validates the finished
+  folds without retraining them.
+- Sample preparation (``--workers N``): the augmentation runs in N processes ahead of the network
+  (a GPU otherwise waits for the CPU); each iteration's batch stays a pure function of (seed, fold,
+  iteration), so the run is the same with any N.
 - Reproducible and resumable: every iteration's samples are drawn from generators seeded by
   (seed, fold, iteration), so a run resumed from a checkpoint (every ``--save-every`` iterations,
   ``OUT/checkpoints/fold<k>/last.pt``) continues exactly as an uninterrupted one; ``--restart``
@@ -95,8 +104,12 @@ CONFIGS: dict[str, dict[str, dict]] = {
 }
 
 
+PREPARED_INDEX = "prepared.json"
+
+
 def find_cases(data: str | Path | list, need_seg: bool = True) -> list[dict]:
-    """BraTS cases under one or several folders: [{"id", "release", "t1", ..., "seg"}]."""
+    """BraTS cases under one or several folders: [{"id", "release", "t1", ..., "seg"}], or a
+    prepared folder's cases: [{"id", "release", "prepared", "spacing", "head"}]."""
     if isinstance(data, (list, tuple)):
         cases = [c for d in data for c in find_cases(d, need_seg)]
         ids = [c["id"] for c in cases]
@@ -107,6 +120,8 @@ def find_cases(data: str | Path | list, need_seg: bool = True) -> list[dict]:
     data = Path(data)
     if not data.is_dir():
         raise InputError(data, "is not a folder of BraTS cases")
+    if (data / PREPARED_INDEX).is_file():
+        return prepared_cases(data)
     cases = []
     for folder in sorted({p.parent for p in data.rglob("*.nii.gz")}):
         names = {p.name for p in folder.glob("*.nii.gz")}
@@ -166,6 +181,8 @@ def load_case_volumes(case: dict) -> tuple[dict, object, object]:
 def load_case(case: dict, head: str = "regions", spacing: float | None = None) -> dict:
     """Normalised, cropped image (4 x ...) and target (3 region channels or 1 label channel) on the
     canonical grid at ``spacing`` mm, as inference prepares its input."""
+    if "prepared" in case:
+        return load_prepared(case, head, spacing)
     from ..volume import Volume
     from .inference import onto, work_grid
     from .preprocess import brain_box, normalise_stack, regions_from_labels
@@ -184,6 +201,51 @@ def load_case(case: dict, head: str = "regions", spacing: float | None = None) -
     box = (slice(None),) + brain_box(mask, margin=4)
     return {"image": np.ascontiguousarray(image[box]), "label": np.ascontiguousarray(target[box]),
             "id": case["id"]}
+
+
+def prepare_cases(cases: list[dict], folder: Path, head: str, spacing: float) -> Path:
+    """Write ``load_case`` of every case into ``folder`` (float16 arrays, ``prepared.json``)."""
+    from ..io import atomic_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for c in cases:
+        d = load_case(c, head, spacing)
+        name = f"{c['id']}.npz"
+        with atomic_path(folder / name) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, image=d["image"].astype(np.float16),
+                                label=d["label"].astype(np.float16))
+        entries.append({"id": c["id"], "release": c["release"], "file": name,
+                        "sources": {k: Path(c[k]).name for k in SEQUENCES + ["seg"] if k in c}})
+        print(f"prepared {c['id']}: {d['image'].shape[1:]} voxels of {spacing} mm", flush=True)
+    index = {"format": 1, "head": head, "spacing": spacing, "dtype": "float16",
+             "preprocessing": "tumor.train.load_case", "cases": entries}
+    with atomic_path(folder / PREPARED_INDEX) as tmp:
+        Path(tmp).write_text(json.dumps(index, indent=1))
+    return folder
+
+
+def prepared_cases(folder: Path) -> list[dict]:
+    index_path = folder / PREPARED_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+        return [{"id": e["id"], "release": e["release"], "prepared": str(folder / e["file"]),
+                 "spacing": float(index["spacing"]), "head": index["head"]}
+                for e in index["cases"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(index_path, f"is not a readable index of prepared cases ({e})") from None
+
+
+def load_prepared(case: dict, head: str, spacing: float | None) -> dict:
+    if case["head"] != head or spacing is None or abs(case["spacing"] - spacing) > 1e-6:
+        raise InputError(case["prepared"], f"was prepared for --head {case['head']} at "
+                         f"{case['spacing']} mm; this run needs --head {head} at {spacing} mm")
+    try:
+        with np.load(case["prepared"]) as z:
+            image, label = z["image"].astype(np.float32), z["label"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(case["prepared"], f"cannot be read as a prepared case ({e})") from None
+    return {"image": image, "label": label, "id": case["id"]}
 
 
 def transforms(patch: tuple[int, int, int], head: str):
@@ -264,6 +326,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this model package's weights (same architecture; "
                         "its fold of the same number, so held-out cases stay unseen)")
+    p.add_argument("--prepare", action="store_true",
+                   help="write the cases pre-processed for this configuration into OUT/prepared "
+                        "and stop; --data OUT/prepared then trains without the original files")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that prepare the augmented samples ahead of the network "
+                        "(0: in the training process); the run is the same with any number")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -353,6 +421,29 @@ def sample_batch(data: list[dict], tf, size: int, seed: int, fold: int, it: int,
             s["image"][[c for c in range(len(SEQUENCES)) if c not in keep]] = 0
         out.append(s)
     return out
+
+
+class IterationBatches:
+    """Iteration -> that iteration's (images, targets): a map-style dataset, so a DataLoader's
+    worker processes can prepare batches ahead in any order and the run stays the same."""
+
+    def __init__(self, data, tf, cfg: dict, seed: int, fold: int, rank: int, iterations: range):
+        self.data, self.tf, self.seed, self.fold, self.rank = data, tf, seed, fold, rank
+        self.size = cfg["batch_size"]
+        self.dropout = cfg.get("modality_dropout", 0.0)
+        self.subsets = [parse_subset(t) for t in cfg.get("dropout_subsets", [])]
+        self.iterations = iterations
+
+    def __len__(self) -> int:
+        return len(self.iterations)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        batch = sample_batch(self.data, self.tf, self.size, self.seed, self.fold,
+                             self.iterations[i], self.rank, self.dropout, self.subsets)
+        return (torch.stack([torch.as_tensor(b["image"]) for b in batch]),
+                torch.stack([torch.as_tensor(b["label"]) for b in batch]))
 
 
 def quick_dice(net, cases: list[dict], patch, head: str, device: str) -> dict:
@@ -449,22 +540,24 @@ def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank:
     if ckpt.is_file() and not args.restart:
         state = torch.load(ckpt, map_location=device, weights_only=True)
         net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
         start, wall = int(state["iteration"]), float(state.get("wall_s", 0.0))
+        if start < total:  # a finished fold needs its weights only (they may travel alone)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
         if rank == 0:
             print(f"fold {fold}: resumed from {ckpt} at iteration {start}", flush=True)
     log = ckpt_dir / "log.jsonl"
     net.train()
     t0 = time.time() - wall
     it = start
-    for it in range(start + 1, total + 1):
-        batch = sample_batch(data, tf, cfg["batch_size"], args.seed, fold, it, rank,
-                             cfg.get("modality_dropout", 0.0),
-                             [parse_subset(t) for t in cfg.get("dropout_subsets", [])])
-        x = torch.stack([torch.as_tensor(b["image"]) for b in batch]).to(device)
-        y = torch.stack([torch.as_tensor(b["label"]) for b in batch]).to(device)
+    batches = IterationBatches(data, tf, cfg, args.seed, fold, rank, range(start + 1, total + 1))
+    workers = max(0, int(getattr(args, "workers", 0) or 0))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None,
+                                         pin_memory=device.startswith("cuda"))
+    for it, (x, y) in zip(batches.iterations, loader):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast("cuda", enabled=use_amp):
             outputs = model(x)
             loss = loss_fn(outputs, y)
@@ -563,6 +656,11 @@ def main(args: argparse.Namespace) -> int:
     folds = parse_folds(args.fold, min(args.folds, len(cases)))
     n_train = len(kfold(len(cases), args.folds, 0, args.seed)[0])
     cfg = resolve_config(args, n_train)
+    if args.prepare:
+        folder = prepare_cases(cases, Path(args.out) / "prepared", args.head, cfg["spacing"])
+        print(f"{len(cases)} prepared cases in {folder}; train with --data {folder}", flush=True)
+        return 0
+    prepared = any("prepared" in c for c in cases)
     if rank == 0:
         print(f"{len(cases)} cases; configuration {args.arch}/{args.config}: "
               + json.dumps({k: v for k, v in cfg.items() if k != "note"}), flush=True)
@@ -598,7 +696,10 @@ def main(args: argparse.Namespace) -> int:
         }
         pkg_dir = Path(args.out) / "package"
         pkg = write_package(pkg_dir, manifest, {f"fold{r['fold']}": r["state_dict"] for r in results})
-        if args.head == "regions":
+        if prepared:
+            print("no final validation: prepared cases hold no original volumes; run again on "
+                  "the original data with the same --out and --fold to validate", flush=True)
+        elif args.head == "regions":
             manifest["validation"] = validate(pkg, cases, results, not args.no_tta_validation,
                                               device)
             write_package(pkg_dir, manifest,
