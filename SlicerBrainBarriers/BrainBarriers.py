@@ -30,7 +30,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair", "ct")
-STEPS = ("skullstrip", "supervoxels", "tumor", "barriers", "ctv")
+STEPS = ("skullstrip", "tumor", "supervoxels", "barriers", "ctv")  # the run order
 MODEL_STEPS = ("skullstrip", "tumor", "barriers")  # steps with a choice of trained model
 DEVICES = ("auto", "cpu", "cuda")
 TERMINOLOGY_FILE = "BrainBarriers.term.json"
@@ -544,7 +544,7 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
             timeout=None, onUpdate=None, keepFiles=False):
         """Run the pipeline on volume nodes and import the results into the scene.
 
-        steps: names among skullstrip, supervoxels, tumor, barriers, ctv (None: all); their
+        steps: names among skullstrip, tumor, supervoxels, barriers, ctv (None: all); their
         prerequisites are added. device: "auto", "cpu" or "cuda". models: {step: value}, values
         from ``modelChoices(step)`` ("" for the step's default). options: {step: {key: value}}
         (as ``--set step.key=value``).

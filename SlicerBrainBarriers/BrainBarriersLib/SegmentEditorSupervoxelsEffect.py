@@ -196,9 +196,14 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if not volumes:
             source = self.scriptedEffect.parameterSetNode().GetSourceVolumeNode()
             volumes = [source] if source is not None else []
+        # Regions stay fine around the segment being edited, as it is at this first build.
+        parameterNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterNode.GetSegmentationNode()
+        segmentId = parameterNode.GetSelectedSegmentID()
+        focus = (segmentationNode, segmentId) if segmentationNode and segmentId else None
         qt.QApplication.setOverrideCursor(qt.Qt.WaitCursor)
         try:
-            self._regions = SupervoxelRegions.from_nodes(mapNode, volumes)
+            self._regions = SupervoxelRegions.from_nodes(mapNode, volumes, focus_segment=focus)
         finally:
             qt.QApplication.restoreOverrideCursor()
         self._regionsKey = key

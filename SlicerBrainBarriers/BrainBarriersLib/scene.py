@@ -376,6 +376,7 @@ def import_outputs(scene, outputs: Mapping[str, str | Path], reference, name: st
 
 def segment_array(scene, seg_node, segment_id: str, reference) -> np.ndarray:
     """A segment's binary labelmap on the reference volume's grid, as array[i, j, k] (uint8)."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     labelmap = slicer.vtkMRMLLabelMapVolumeNode()
     scene.AddNode(labelmap)
     try:
@@ -387,4 +388,8 @@ def segment_array(scene, seg_node, segment_id: str, reference) -> np.ndarray:
             raise SceneError(f"cannot export segment {segment_id}")
         return (node_array(labelmap) > 0).astype(np.uint8)
     finally:
-        scene.RemoveNode(labelmap)
+        # The export adds display, colour (and perhaps storage) nodes: the scene is left as it was.
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node.GetID() not in before:
+                scene.RemoveNode(node)

@@ -75,13 +75,28 @@ class SupervoxelRegions:
                 self._hi[label] = [b.stop - 1 for b in box]
 
     @classmethod
-    def from_nodes(cls, labelmap_node, volume_nodes: Sequence, **options) -> SupervoxelRegions:
+    def from_nodes(cls, labelmap_node, volume_nodes: Sequence, focus_segment=None,
+                   **options) -> SupervoxelRegions:
         """Build the hierarchy from the oversegmentation and the sequences' volume nodes (any
-        grid: each is resampled, linearly, onto the map's grid when it is on another)."""
+        grid: each is resampled, linearly, onto the map's grid when it is on another).
+
+        ``focus_segment``: (segmentation node, segment id), the segment about to be edited; the
+        merging keeps its regions fine within 5 mm of it, as the supervoxels step does around the
+        model's tumour (``hierarchy``, Focus)."""
         from brainbarriers.geometry import resample_to
+        from brainbarriers.supervoxels.hierarchy import FOCUS_FACTOR, focus_around
         from brainbarriers.supervoxels.slic import scale_to_unit
 
+        from .scene import segment_array
+
         over = node_to_volume(labelmap_node)
+        if focus_segment is not None:
+            segmentation_node, segment_id = focus_segment
+            segment = segment_array(labelmap_node.GetScene(), segmentation_node, segment_id,
+                                    labelmap_node) > 0
+            focus = focus_around(segment, over.grid.spacing)
+            if focus is not None:
+                options = {"focus": focus, "focus_factor": FOCUS_FACTOR, **options}
         mask = over.array > 0
         images = []
         for node in volume_nodes:

@@ -152,6 +152,33 @@ def test_hierarchy_built_from_the_image_nodes(scene):
     assert lut[1] != lut[5]
 
 
+def test_hierarchy_keeps_fine_regions_around_the_segment_being_edited(setup):
+    """With the segment about to be edited as focus, the hierarchy is the one the core builds
+    with that segment, on the map's grid, grown by 5 mm (``hierarchy.focus_around``); the scene
+    is left as it was."""
+    from brainbarriers.supervoxels.hierarchy import FOCUS_FACTOR, build_hierarchy, focus_around
+    from brainbarriers.supervoxels.slic import scale_to_unit
+
+    scene, node, regions, seg, over, world = setup
+    image = np.where(np.isin(over, [1, 2, 3, 4]), 100.0, 300.0).astype(np.float32)
+    image += np.random.default_rng(0).normal(0, 1, SHAPE).astype(np.float32)
+    vol = bridge.import_labelmap_volume(scene, Volume(image.astype(np.int16), AFFINE), None, "t1")
+    vol.SetAndObserveTransformNodeID(node.GetTransformNodeID())  # on the map, voxel for voxel
+    assert edit_segment(seg, "gtv", regions, _ras(world, (8, 2, 1)), level=8)  # supervoxel 5
+    np.testing.assert_array_equal(_segment(scene, seg, node), over == 5)
+    nodes = scene.GetNumberOfNodes()
+    focused = SupervoxelRegions.from_nodes(node, [vol], focus_segment=(seg, "gtv"), texture=False)
+    assert scene.GetNumberOfNodes() == nodes
+    spacing = np.linalg.norm(AFFINE[:3, :3], axis=0)
+    features = [scale_to_unit(image.astype(np.int16).astype(np.float32), over > 0)]
+    expected = build_hierarchy(over, features, texture=False, focus_factor=FOCUS_FACTOR,
+                               focus=focus_around(over == 5, spacing))
+    plain = build_hierarchy(over, features, texture=False)
+    np.testing.assert_array_equal(focused.hierarchy.merges, expected.merges)
+    np.testing.assert_allclose(focused.hierarchy.heights, expected.heights)
+    assert not np.allclose(focused.hierarchy.heights, plain.heights)
+
+
 def test_most_uncertain_regions_come_first_with_a_point_inside_each(setup):
     """Uncertainty 0.9 on supervoxel 7 and 0.3 on supervoxel 5, given on another grid (the map's
     world grid with its first axis reversed): at 4 regions ({1..4}, {5, 6}, {7}, {8}) the list is

@@ -36,11 +36,13 @@ def pipeline_run(small_case_dir, tmp_path_factory):
 def test_step_declares_its_products():
     assert STEP.name == "supervoxels"
     assert STEP.inputs == ("brain_mask",)
-    assert set(STEP.optional_inputs) == {"t1_brain", "t1ce_brain", "t2_brain", "flair_brain"}
+    assert set(STEP.optional_inputs) == {"t1_brain", "t1ce_brain", "t2_brain", "flair_brain",
+                                         "tumor"}
     assert set(STEP.outputs) == set(STEP.labels) == {"supervoxels", "supervoxels_merged"}
     from brainbarriers.pipeline.registry import all_steps
 
-    assert "supervoxels" in [s.name for s in all_steps()]
+    names = [s.name for s in all_steps()]
+    assert names.index("tumor") < names.index("supervoxels")  # its merging follows the tumour
 
 
 def test_pipeline_exports_both_maps_on_the_input_grid(pipeline_run, small_case_dir):
@@ -101,3 +103,36 @@ def test_cli_runs_the_step(small_case_dir, tmp_path, monkeypatch, capsys):
 def test_cli_without_sequences_is_exit_code_2(tmp_path, capsys):
     assert cli_main(["supervoxels", "--out", str(tmp_path / "x")]) == 2
     assert "no input sequence" in capsys.readouterr().err
+
+
+def test_with_tumour_labels_the_merging_keeps_fine_regions_around_the_tumour(small_case_dir,
+                                                                             tmp_path):
+    from brainbarriers.pipeline.core import Step
+
+    truth = load_volume(small_case_dir / "tumor_truth.nii.gz")
+
+    def tumour(ctx):  # the phantom's tumour stands in for the model's
+        from brainbarriers.tumor.inference import onto
+
+        return {"tumor": ctx.new_volume(onto(truth, ctx.grid, label=True).array)}
+
+    standin = Step(name="tumor", run=tumour, inputs=("brain_mask",), outputs=("tumor",),
+                   labels=("tumor",))
+    inputs = {s: small_case_dir / f"{s}.nii.gz" for s in SEQ}
+    runs = {}
+    for focus in (True, False):
+        events = []
+        run = PipelineRun(inputs, tmp_path / str(focus),
+                          [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), standin,
+                           STEP], device="cpu",
+                          options={"supervoxels": {"size": 8, "regions": 40, "focus": focus}},
+                          on_event=events.append)
+        run.run()
+        runs[focus] = (run.get("supervoxels").array, run.get("supervoxels_merged").array,
+                       " ".join(e.message or "" for e in events if e.step == "supervoxels"))
+    near = run.get("tumor").array > 0
+    (over_f, merged_f, said_f), (over_p, merged_p, said_p) = runs[True], runs[False]
+    np.testing.assert_array_equal(over_f, over_p)  # the same oversegmentation, merged otherwise
+    assert "around the tumour" in said_f and "around the tumour" not in said_p
+    assert len(np.unique(merged_f[near])) > len(np.unique(merged_p[near]))
+    assert len(np.unique(merged_f[merged_f > 0])) == len(np.unique(merged_p[merged_p > 0])) == 40

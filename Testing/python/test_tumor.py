@@ -22,7 +22,6 @@ from brainbarriers.metrics import dice
 from brainbarriers.models import load_package
 from brainbarriers.phantom import make_case
 from brainbarriers.pipeline import PipelineRun
-from brainbarriers.pipeline.core import Step
 from brainbarriers.tumor.inference import (
     FLIPS,
     grid_with_spacing,
@@ -237,18 +236,6 @@ def test_grid_with_spacing_keeps_the_field_of_view():
 
 
 # ------------------------------------------------------------------------------ the step
-def standin_supervoxels() -> Step:
-    def run(ctx):  # 4x4x4 blocks inside the brain
-        shape = ctx.grid.shape
-        idx = np.indices(shape) // 4
-        blocks = idx[0] * 10_000 + idx[1] * 100 + idx[2] + 1
-        mask = ctx.get("brain_mask").array > 0
-        return {"supervoxels_merged": ctx.new_volume(np.where(mask, blocks, 0).astype(np.int32))}
-
-    return Step(name="supervoxels", run=run, inputs=("brain_mask",), outputs=("supervoxels_merged",),
-                labels=("supervoxels_merged",))
-
-
 @pytest.fixture(scope="module")
 def tumor_run(small_case_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tumor_run")
@@ -494,14 +481,18 @@ def test_a_model_that_accepts_subsets_runs_on_the_sequences_given_and_says_what_
 
 
 def test_refine_by_supervoxels(small_case_dir, tmp_path):
+    from brainbarriers.supervoxels.step import compute_supervoxels
+
     inputs = {s: small_case_dir / f"{s}.nii.gz" for s in SEQ}
     run = PipelineRun(inputs, tmp_path / "o", [
-        standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), standin_supervoxels(), STEP],
+        standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), STEP],
         device="cpu", options={"tumor": {"tta": False, "refine_supervoxels": True,
                                          "model": "demo-hnfnetv2-phantom"}})
     run.run()
     tumor = run.get("tumor").array > 0
-    blocks = run.get("supervoxels_merged").array
+    # The merged supervoxels of the step's defaults, on the same skull-stripped sequences.
+    brain = run.get("brain_mask").array > 0
+    _, blocks, _ = compute_supervoxels([run.get(f"{s}_brain").array for s in SEQ], brain)
     assert tumor.any()
     inside = blocks > 0
     # Every supervoxel is all tumour or no tumour.

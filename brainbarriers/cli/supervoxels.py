@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
                    help="print one JSON object per line instead of progress bars")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (created if needed)")
     p.add_argument("--size", type=int, nargs="+", default=None, metavar="K",
-                   help="supervoxel grid size in voxels: one number or three (default 10)")
+                   help="supervoxel grid size in voxels: one number or three (default 7)")
     p.add_argument("--compactness", type=float, default=None, metavar="M",
                    help="compactness m (default 0.1, for sequences scaled to [0, 1])")
     p.add_argument("--regions", type=int, default=None, metavar="N",

@@ -15,7 +15,7 @@ def all_steps() -> list[Step]:
     from ..supervoxels.step import STEP as supervoxels
     from ..tumor.step import STEP as tumor
 
-    return [skullstrip, supervoxels, tumor, barriers, ctv]
+    return [skullstrip, tumor, supervoxels, barriers, ctv]
 
 
 def plan(names: list[str] | None) -> list[Step]:

@@ -43,6 +43,13 @@ Method (Pelluet et al., BrainLes 2021, Sect. 3.2, after Fu et al.), read as foll
   threshold level is read in that unit (mean over four real cases at 300 regions: 0.753 by Ward
   order, 0.657 by w); the paper's T is a w, and ``paper_level`` is meaningful
   for ``order="weight"``.
+- **Focus** (ours, for editing the tumour): with a ``focus`` mask (the tumour as the model drew it,
+  grown by a margin) and ``focus_factor`` f, a pair's merge cost is multiplied by
+  1 + (f - 1) s, s the larger of the two regions' shares of voxels in the focus (exact under
+  merging). The brain away from the tumour then merges first and the regions the radiotherapist
+  edits stay near the oversegmentation's own accuracy: on 12 real BraTS cases, each tumour drawn
+  by the model fold that never saw the case, tumour ASA at 300 regions rose from 0.758 to 0.774 on
+  the four cases it was chosen on and likewise on the eight others (README, Supervoxels).
 - **Threshold** T (Eq. 5): ``T = mean_i (min_j w_ij - std_j w_ij)`` on the initial graph, with the
   edges e_j "connected to supervoxel i" read as those of the nearest-neighbour graph at i
   (``threshold_edges="nng"``, default: its own nearest-neighbour edge and those of the nodes whose
@@ -73,6 +80,9 @@ from scipy.sparse.csgraph import connected_components
 
 BINS = 32
 TEXTURE_BINS = 10
+# Focus defaults (see Focus above): chosen on four real cases, checked on eight others.
+FOCUS_MM = 5.0
+FOCUS_FACTOR = 100.0
 # Four cube diagonals; each gives two of the 8 directions (its positive and its negative sense).
 _DIAGONALS = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]], float) / np.sqrt(3.0)
 DIRECTIONS = 2 * len(_DIAGONALS)
@@ -298,6 +308,14 @@ class Hierarchy:
         return cls(int(data["n"]), data["merges"], data["heights"], float(data["threshold"]))
 
 
+def focus_around(mask: np.ndarray, spacing, margin_mm: float = FOCUS_MM) -> np.ndarray | None:
+    """The voxels within ``margin_mm`` of ``mask`` (voxel sizes ``spacing``); None if it is empty."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    return ndi.distance_transform_edt(~mask, sampling=[float(v) for v in spacing]) <= margin_mm
+
+
 def build_hierarchy(
     over: np.ndarray,
     images: Sequence[np.ndarray],
@@ -310,16 +328,24 @@ def build_hierarchy(
     texture_bins: int = TEXTURE_BINS,
     threshold_edges: str = "nng",
     order: str = "ward",
+    focus: np.ndarray | None = None,
+    focus_factor: float = 1.0,
     progress: Callable[[float, str], None] | None = None,
 ) -> Hierarchy:
     """The merge tree of the supervoxels 1..n of ``over`` (consecutive ids; 0 = outside).
 
     ``images``: the sequences on ``over``'s grid, each scaled to [0, 1] inside the supervoxels
-    (``slic.scale_to_unit``).
+    (``slic.scale_to_unit``). ``focus``: a boolean mask on that grid where merging is made
+    ``focus_factor`` times dearer (see the module docstring).
     """
     over = np.asarray(over)
     options = {"alpha": alpha, "beta": beta, "gamma": gamma, "bins": bins, "texture": texture,
-               "texture_bins": texture_bins, "threshold_edges": threshold_edges, "order": order}
+               "texture_bins": texture_bins, "threshold_edges": threshold_edges, "order": order,
+               "focus_factor": focus_factor if focus is not None else 1.0}
+    if focus is not None and np.shape(focus) != over.shape:
+        raise ValueError(f"focus mask {np.shape(focus)} is not on the supervoxels' grid {over.shape}")
+    if not focus_factor >= 1.0:
+        raise ValueError("focus_factor must be 1 or more")
     if order not in ("ward", "weight"):
         raise ValueError("order must be 'ward' or 'weight'")
     if not (over > 0).any():
@@ -345,10 +371,19 @@ def build_hierarchy(
     alive = np.ones(n, bool)
     count, sums, hist = desc.count, desc.sums, desc.hist
 
+    if focus is not None and focus_factor != 1.0:
+        inside = np.asarray(over)[_crop(over)]
+        f = np.asarray(focus, bool)[_crop(over)][inside > 0]
+        in_focus = np.bincount(inside[inside > 0].astype(np.int64) - 1, f, minlength=n)
+    else:
+        in_focus = None
+
     def priority(x, i, k):
-        if order == "weight":
-            return x
-        return x * x * (count[i] * count[k] / (count[i] + count[k]))
+        p = x if order == "weight" else x * x * (count[i] * count[k] / (count[i] + count[k]))
+        if in_focus is not None:
+            share = np.maximum(in_focus[i] / count[i], in_focus[k] / count[k])
+            p = p * (1.0 + (focus_factor - 1.0) * share)
+        return p
 
     heap = list(zip(priority(x0, a, b).tolist(), a.tolist(), b.tolist(), x0.tolist(),
                     [0] * len(a), [0] * len(a)))
@@ -366,6 +401,8 @@ def build_hierarchy(
         heights.append(x if order == "weight" else float(priority(x, i, j)))
         alive[j] = False
         count[i] += count[j]
+        if in_focus is not None:
+            in_focus[i] += in_focus[j]
         sums[i] += sums[j]
         hist[i] += hist[j]
         weights.update(i)

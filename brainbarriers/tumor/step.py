@@ -21,9 +21,11 @@ Options (``--set tumor.KEY=VALUE``):
   component and other foci with at least this much tumour core (ml); 0 keeps every component,
   ``inf`` the largest only. Each component cleared is named in a warning (volume, centre in RAS);
 - ``overlap`` (0.5): sliding-window overlap;
-- ``refine_supervoxels`` (false): snap the labels to the merged supervoxels
-  (``brainbarriers.supervoxels.snap.snap_to_supervoxels``), when that product exists;
-  ``supervoxel_fraction`` (0.5) is the fraction of a supervoxel that must be labelled to keep it.
+- ``refine_supervoxels`` (false): snap the labels to merged supervoxels
+  (``brainbarriers.supervoxels.snap.snap_to_supervoxels``), computed here from the sequences given
+  with the supervoxel step's defaults (that step runs after this one: its merging follows the
+  tumour); ``supervoxel_fraction`` (0.5) is the fraction of a supervoxel that must be labelled to
+  keep it. Off by default: it does not help the real model (README).
 """
 
 from __future__ import annotations
@@ -119,15 +121,16 @@ def run(ctx: StepContext) -> dict[str, Volume]:
                  f"the main tumour was cleared as a likely false positive, centred at RAS "
                  f"({r:.0f}, {a:.0f}, {s:.0f}) mm: check it (tumor.focus_core_ml=0 keeps it)")
     if option_flag(opts.get("refine_supervoxels", False), "tumor", "refine_supervoxels"):
-        if ctx.has("supervoxels_merged"):
-            from ..supervoxels.snap import snap_to_supervoxels
+        from ..supervoxels.snap import snap_to_supervoxels
+        from ..supervoxels.step import compute_supervoxels
 
-            snapped = snap_to_supervoxels(labels.array, ctx.get("supervoxels_merged").array,
-                                          float(opts.get("supervoxel_fraction", 0.5)))
-            labels = labels.with_array(snapped.astype("uint8"))
-        else:
-            ctx.warn("refine_supervoxels was asked for, but no supervoxels_merged product exists; "
-                     "labels left unrefined")
+        ctx.progress(0.95, "snapping the labels to merged supervoxels")
+        brain = ctx.get("brain_mask").array > 0
+        _, merged, _ = compute_supervoxels([images[s].array for s in used], brain,
+                                           device=ctx.device)
+        snapped = snap_to_supervoxels(labels.array, merged,
+                                      float(opts.get("supervoxel_fraction", 0.5)))
+        labels = labels.with_array(snapped.astype("uint8"))
     if not labels.array.any():
         ctx.warn(f"tumour model {package.name} found no tumour: the tumour label map is empty "
                  "(check the inputs, or delineate by hand)")
@@ -159,7 +162,7 @@ STEP = Step(
     run=run,
     sequences_any=SEQUENCES,  # the model says whether it takes a subset (accepts_subsets)
     inputs=("brain_mask",),
-    optional_inputs=("t1_brain", "t1ce_brain", "t2_brain", "flair_brain", "supervoxels_merged"),
+    optional_inputs=("t1_brain", "t1ce_brain", "t2_brain", "flair_brain"),
     outputs=("tumor",),
     optional_outputs=("tumor_uncertainty",),
     labels=("tumor",),
