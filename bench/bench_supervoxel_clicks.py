@@ -9,8 +9,10 @@ for the 2023 labels); the edited segment is binary.
 
 Simulated user, greedy ("always click the region with the largest error"):
 
-- **supervoxels**: each click adds a region to the segment or removes it (Ctrl + click), at any
-  level of the hierarchy the slider offers (``--levels``, default 300, 1000 and the finest); the
+- **supervoxels**: the map and its hierarchy as the product makes them (the supervoxels step's
+  cell size; the merging kept fine around the starting segment, as the Segment Editor effect does
+  around the segment being edited; ``--no-focus``: the paper's merging); each click adds a region
+  to the segment or removes it (Ctrl + click), at any level of the hierarchy the slider offers (``--levels``, default 300, 1000 and the finest); the
   click taken is the one that removes the most wrong voxels net (new true positives minus new false
   positives, or removed false positives minus removed true positives). If no click improves the
   segment before the target is reached, supervoxels stop and the brush finishes ("then brush").
@@ -141,8 +143,9 @@ def model_labels(name: str, device: str = "cpu") -> np.ndarray:
 def main() -> int:
     import torch
 
-    from brainbarriers.supervoxels.hierarchy import build_hierarchy
+    from brainbarriers.supervoxels.hierarchy import FOCUS_FACTOR, build_hierarchy, focus_around
     from brainbarriers.supervoxels.slic import scale_to_unit, sslic
+    from brainbarriers.supervoxels.step import DEFAULT_SIZE
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default=None, help="comma-separated; default: the model's "
@@ -151,6 +154,8 @@ def main() -> int:
     p.add_argument("--levels", default="300,1000,0", help="slider levels offered (0: finest)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--start", default=None, help="a label map to start from instead of the model")
+    p.add_argument("--no-focus", action="store_true", help="merge as the paper does")
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="supervoxel cell size (voxels)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -180,11 +185,12 @@ def main() -> int:
             truth = np.isin(truth_labels, (1, 3, 4) if (truth_labels == 4).any() else (1, 3))
             seg = np.isin(start, (1, 4))
         features = np.stack([scale_to_unit(x, mask) for x in arrays])
-        with torch.inference_mode():
-            over = sslic(features, mask).numpy().astype(np.int32)
-        h = build_hierarchy(over, list(features))
-        lookups = [h.lookup(regions=int(k) if int(k) > 0 else h.n) for k in args.levels.split(",")]
         spacing = images["t1ce"].header.get_zooms()[:3]
+        with torch.inference_mode():
+            over = sslic(features, mask, size=(args.size,) * 3).numpy().astype(np.int32)
+        focus = None if args.no_focus else focus_around(seg, spacing)
+        h = build_hierarchy(over, list(features), focus=focus, focus_factor=FOCUS_FACTOR)
+        lookups = [h.lookup(regions=int(k) if int(k) > 0 else h.n) for k in args.levels.split(",")]
         n_sv, hist_sv, after = region_clicks(seg, truth, over, lookups)
         reached = bool(hist_sv and hist_sv[-1] >= 0.95) or dice(seg, truth) >= 0.95
         n_then, _ = brush_clicks(after, truth, spacing) if not reached else (0, [])
@@ -194,7 +200,8 @@ def main() -> int:
                else dice(seg, truth), "supervoxels_reached": reached,
                "then_brush_clicks": n_then, "brush_clicks": n_brush,
                "dice_after_brush": hist_brush[-1] if hist_brush else dice(seg, truth),
-               "seconds_model": t_model, "levels": args.levels}
+               "seconds_model": t_model, "levels": args.levels, "size": args.size,
+               "focus": not args.no_focus}
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
