@@ -252,13 +252,12 @@ def test_step_declaration_and_registry():
     assert STEP.name == "tumor" and STEP.outputs == ("tumor",) and STEP.labels == ("tumor",)
     assert STEP.sequences == () and STEP.sequences_any == SEQ
     assert STEP.inputs == ("brain_mask",)
-    assert STEP.optional_inputs == ("t1_brain", "t1ce_brain", "t2_brain", "flair_brain",
-                                    "supervoxels_merged")
+    assert STEP.optional_inputs == ("t1_brain", "t1ce_brain", "t2_brain", "flair_brain")
     from brainbarriers.pipeline.registry import all_steps
 
     names = [s.name for s in all_steps()]
-    assert "tumor" in names
-    assert names.index("tumor") > names.index("supervoxels")
+    # The supervoxels' merging follows the tumour, so the tumour step comes first.
+    assert names.index("skullstrip") < names.index("tumor") < names.index("supervoxels")
 
 
 def test_demo_model_through_the_pipeline(tumor_run, small_case_dir):
