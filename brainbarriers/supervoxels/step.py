@@ -81,8 +81,8 @@ def compute_supervoxels(images: list[np.ndarray], mask: np.ndarray, *, device: s
         gamma=float(o.get("gamma", 0.1)), bins=int(o.get("bins", 32)),
         texture=_flag(o.get("texture", False)), order=str(o.get("order", "ward")),
         threshold_edges=str(o.get("threshold_edges", "nng")),
-        focus=focus, focus_factor=_number(o, "focus_factor", FOCUS_FACTOR, low=1.0) if focus is not None
-        else 1.0, progress=lambda f, msg: report(0.8 + 0.2 * f, msg))
+        focus=focus, focus_factor=_number(o, "focus_factor", FOCUS_FACTOR, low=1.0),
+        progress=lambda f, msg: report(0.8 + 0.2 * f, msg))
     if o.get("threshold") is not None:
         lut = hierarchy.lookup(threshold=float(o["threshold"]))
     else:

@@ -552,7 +552,7 @@ def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank:
     t0 = time.time() - wall
     it = start
     batches = IterationBatches(data, tf, cfg, args.seed, fold, rank, range(start + 1, total + 1))
-    workers = max(0, int(getattr(args, "workers", 0) or 0))
+    workers = getattr(args, "workers", 0)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None,
                                          pin_memory=device.startswith("cuda"))
