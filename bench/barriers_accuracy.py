@@ -5,10 +5,10 @@
 
 ``--oasis``: the real OASIS heads with manual Neuromorphometrics labels (structure definitions in
 ``brainbarriers.barriers.multiatlas``), the atlas stage's methods side by side (``--methods``):
-``template-raw`` (the SRI24 template's labels as registered), ``template`` (the default: the
-ventricles re-drawn from the image's CSF, the falx and tentorium moved onto its CSF lines) and
-``multiatlas`` (leave-one-out: each head is segmented with atlases made from the *other* heads
-only, never with itself). Prints, per head and method, Dice of the cerebellum and ventricles, the
+``template-raw`` (the SRI24 template's labels as registered), ``template`` (the template's
+cerebellum, its ventricles re-drawn from the image's CSF, the falx and tentorium moved onto its CSF
+lines) and ``multiatlas`` (the default; leave-one-out: each head is segmented with atlases made
+from the *other* heads only, never with itself). Prints, per head and method, Dice of the cerebellum and ventricles, the
 ventricle volumes (predicted / true, ml), the falx's and tentorium's position (share of the
 interface covered / share of the sheet on its interface, ``barriers.position``), the wall and CPU
 seconds of the whole atlas stage, then the means.

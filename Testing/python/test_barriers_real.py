@@ -113,3 +113,102 @@ def test_the_step_refuses_an_unknown_anatomy_before_any_work():
     with pytest.raises(InputError, match="anatomy must be one of template, multiatlas"):
         STEP.run(Ctx())
     assert "anatomy" in STEP.options
+
+
+# ------------------------------------------------------------------------------- registration
+def _deformed_patient(atlas, contrast_inverted):
+    """The atlas's T1 pushed through a known smooth deformation (rotation, shift, and a B-spline
+    bending the middle of the brain by several mm), optionally with T2-like contrast; returns
+    (image, brain mask, true structures on its grid at the atlas T1's 2 mm)."""
+    import SimpleITK as sitk
+
+    from brainbarriers.io import to_sitk
+
+    t1 = sitk.Cast(to_sitk(atlas.t1), sitk.sitkFloat32)
+    rigid = sitk.Euler3DTransform()
+    centre = t1.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in t1.GetSize()])
+    rigid.SetCenter(centre)
+    rigid.SetRotation(0.06, -0.04, 0.05)
+    rigid.SetTranslation((4.0, -3.0, 2.0))
+    bend = sitk.BSplineTransformInitializer(t1, [3, 3, 3])
+    params = np.zeros(len(bend.GetParameters()))
+    rng = np.random.default_rng(7)
+    params[:] = rng.normal(0, 4.0, params.size)
+    bend.SetParameters(params.tolist())
+    truth_transform = sitk.CompositeTransform([rigid, bend])
+    image = sitk.Resample(t1, t1, truth_transform, sitk.sitkLinear, 0.0)
+    labels = to_sitk(atlas.labels.with_array(atlas.labels.array.astype(np.float32)))
+    truth = sitk.Resample(labels, image, truth_transform, sitk.sitkNearestNeighbor, 0.0)
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    brain = array > 5
+    if contrast_inverted:  # CSF bright, white matter dark, as on T2
+        array = np.where(brain, 300.0 - array, 0.0)
+    volume = Volume(array.astype(np.float32), atlas.t1.affine)
+    return volume, brain, sitk.GetArrayFromImage(truth).transpose(2, 1, 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("contrast_inverted", [False, True])
+def test_registration_to_an_atlas_recovers_a_known_deformation_on_either_contrast(contrast_inverted):
+    """The demons step must bring the structures past what the affine step alone reaches,
+    on a T1-like and on a T2-like image, and give the same transform twice."""
+    import SimpleITK as sitk
+
+    from brainbarriers.barriers.atlas import _skull_stripped, register
+    from brainbarriers.io import to_sitk
+
+    atlas = M.load_atlases()[0]
+    image, brain, truth = _deformed_patient(atlas, contrast_inverted)
+    fixed = _skull_stripped(image, brain)
+    moving = sitk.Cast(to_sitk(atlas.t1), sitk.sitkFloat32)
+    reference = to_sitk(image.with_array(np.zeros(image.shape, np.float32)))
+
+    def scores(transform):
+        prob = M.warp_structures(atlas, reference, transform)
+        return [dice(prob[n] > 0.5, truth == label) for n, label in enumerate((M.CEREBELLUM, M.VENTRICLES))]
+
+    affine_only = scores(register(fixed, moving, deformable=False))
+    transform = M.register_to_atlas(fixed, moving)
+    cerebellum, ventricles = scores(transform)
+    assert cerebellum > 0.93 and ventricles > 0.85, (cerebellum, ventricles)
+    assert ventricles > affine_only[1] + 0.04 and cerebellum > affine_only[0], (ventricles, affine_only)
+    # Twice the same transform, to the bit (the affine's metric on one thread; atlas.one_thread).
+    again = M.register_to_atlas(fixed, moving)
+    assert transform.TransformPoint((0.0, -20.0, 10.0)) == again.TransformPoint((0.0, -20.0, 10.0))
+    assert np.array_equal(M.warp_structures(atlas, reference, transform) > 0.5,
+                          M.warp_structures(atlas, reference, again) > 0.5)
+
+
+def test_the_lookup_turns_a_t2_like_image_into_the_atlas_contrast():
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(0)
+    tissue = rng.integers(1, 4, (20, 20, 20))  # 1 CSF, 2 grey, 3 white matter
+    atlas_t1 = np.choose(tissue - 1, [40.0, 120.0, 200.0]) + rng.normal(0, 5, tissue.shape)
+    t2 = np.choose(tissue - 1, [250.0, 150.0, 90.0]) + rng.normal(0, 5, tissue.shape)
+    fixed, atlas = sitk.GetImageFromArray(t2.astype(np.float32)), sitk.GetImageFromArray(atlas_t1.astype(np.float32))
+    shown = sitk.GetArrayFromImage(M.as_atlas_would_show(fixed, atlas))
+    for cls, expected in ((1, 40.0), (2, 120.0), (3, 200.0)):
+        assert abs(np.median(shown[tissue == cls]) - expected) < 10
+    with pytest.raises(ValueError, match="barely overlap"):
+        M.as_atlas_would_show(fixed, sitk.GetImageFromArray(np.zeros_like(t2, np.float32)))
+
+
+def test_the_multi_atlas_stage_fuses_an_agreeing_atlas_and_leaves_out_a_failed_one():
+    """End to end on the deformed atlas (T2-like): the structures come back close to the truth
+    when the expected cerebellum agrees; an expected cerebellum elsewhere (a registration taken as
+    failed) leaves the atlas out, says so, and returns nothing for the caller to fall back from."""
+    atlas = M.load_atlases()[0]
+    image, brain, truth = _deformed_patient(atlas, contrast_inverted=True)
+    mask = image.with_array(brain.astype(np.uint8))
+    # The CSF model (tested above) is left out: on this blurred 2 mm image it has no pure CSF.
+    labels, fused, notes = M.multiatlas_structures(image, mask, atlases=(atlas,), refine_ventricles=False,
+                                                   expected_cerebellum=truth == M.CEREBELLUM)
+    assert notes == [] and fused.shape == (2, *image.shape)
+    assert dice(labels == M.CEREBELLUM, truth == M.CEREBELLUM) > 0.85
+    assert dice(labels == M.VENTRICLES, truth == M.VENTRICLES) > 0.8
+    elsewhere = np.zeros(brain.shape, bool)
+    elsewhere[:, :, -25:] = brain[:, :, -25:]  # the top of the brain
+    labels, fused, notes = M.multiatlas_structures(image, mask, atlases=(atlas,), refine_ventricles=False,
+                                                   expected_cerebellum=elsewhere)
+    assert labels is None and fused is None
+    assert len(notes) == 1 and "atlas 1000 left out" in notes[0] and "registration failed" in notes[0]

@@ -56,6 +56,7 @@ the share of the falx interface covered from 0.77-0.82 to 0.86-0.87 and the tent
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -185,8 +186,26 @@ def load_template() -> tuple[Volume, Volume, Volume]:
 # ---------------------------------------------------------------------------------- registration
 def _shrunk(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    if max(factors) == 1:  # already that coarse: smoothing would only blur it past its atlas
+        return image
     smoothed = sitk.SmoothingRecursiveGaussian(image, [0.5 * f * s for f, s in zip(factors, image.GetSpacing())])
     return sitk.Shrink(smoothed, factors)
+
+
+@contextmanager
+def one_thread():
+    """SimpleITK on one thread inside. ITK adds its threads' partial Mattes histograms in whatever
+    order its thread pool finishes them, so on two threads the same registration gives transforms
+    about 1e-5 mm apart from call to call, and now and then a different voxel label (measured;
+    ``SetNumberOfThreads`` on the method does not reach the metric). On one thread it is the same
+    every time, but the template's B-spline registration of the demo case then takes 61 s instead
+    of 25 s, so only the cheap affine steps of the multi-atlas stage run inside."""
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def _method(iterations: int, shrink: list[int], sigmas: list[float]) -> sitk.ImageRegistrationMethod:
@@ -282,7 +301,7 @@ def warp_labels(labels: Volume, reference: sitk.Image, transform: sitk.Transform
 
 ANATOMY_CHOICES = ("template", "multiatlas")
 #: The cerebellum and ventricles the atlas stage gives unless told otherwise (``barriers.anatomy``).
-DEFAULT_ANATOMY = "template"
+DEFAULT_ANATOMY = "multiatlas"
 
 
 # ---------------------------------------------------------------------------------- the sheets
@@ -420,13 +439,21 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     # The coarse B-spline cannot match the brain's outline: the template's cerebellum reached 6-12 ml
     # past the patient's brain on the OASIS heads (cerebellum Dice 0.916 -> 0.938 without it).
     labels[(labels == CEREBELLUM) & ~brain] = 0
+    structures = None  # the multi-atlas cerebellum and ventricles, when they are used
     if anatomy == "multiatlas":
-        structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases)
+        structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases,
+                                                     expected_cerebellum=labels == CEREBELLUM)
         for note in notes:
             warnings.warn(note, BarrierWarning, stacklevel=2)
-        labels = np.where(np.isin(labels, (CEREBELLUM, VENTRICLES)), 0, labels)
-        labels = np.where(structures > 0, structures, labels).astype(np.uint8)
-    elif csf_ventricles:
+        if structures is None:
+            warnings.warn("no atlas registration agreed with the template's: the cerebellum and "
+                          "ventricles are the template's", BarrierWarning, stacklevel=2)
+        else:
+            # The sheets stay as registered (the atlases' larger cerebellum would cut holes in the
+            # tentorium); ``refine_sheets`` then clears cerebellum above the moved tentorium.
+            free = np.isin(labels, (0, CEREBELLUM, VENTRICLES))
+            labels = np.where(free, np.where(structures > 0, structures, 0), labels).astype(np.uint8)
+    if structures is None and csf_ventricles:  # the template's ventricles, sharpened by the CSF model
         ventricles, note = csf_refine(image.array, brain, prob[VENTRICLES], image.spacing)
         if note:
             warnings.warn(note, BarrierWarning, stacklevel=2)

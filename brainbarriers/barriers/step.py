@@ -12,9 +12,11 @@ Which stage runs (option ``--set barriers.models=...``):
   MRI; the demo models were trained on phantoms only.
 
 Options: ``reference`` (sequence the atlas is registered to; default the first of t1, t1ce, t2,
-flair given), ``anatomy`` (atlas stage's cerebellum and ventricles: ``template`` - those of the
-SRI24 template, the ventricles re-drawn from the patient's CSF; ``multiatlas`` - registration of three labelled OASIS heads, label fusion and a CSF
-model, ``barriers/multiatlas.py``; the default is ``atlas.DEFAULT_ANATOMY``), ``refine=false`` (two-stage models: stage 1 only). The stage that produced the output
+flair given), ``anatomy`` (the atlas stage's cerebellum and ventricles: ``multiatlas``, the
+default (``atlas.DEFAULT_ANATOMY``) - three labelled OASIS heads registered by demons, label
+fusion and a CSF model, ``barriers/multiatlas.py``; ``template`` - those of the SRI24 template, the
+ventricles re-drawn from the patient's CSF), ``refine=false`` (two-stage models: stage 1 only).
+The stage that produced the output
 is reported with ``ctx.warn`` ("barriers: produced by ...") so that it lands in the manifest.
 """
 
@@ -109,7 +111,7 @@ STEP = Step(
     outputs=("barriers",),
     optional_inputs=("t1", "t1ce", "t2", "flair", "ct"),
     labels=("barriers",),
-    version="1",
+    version="2",  # 2: cerebellum and ventricles from the OASIS multi-atlas by default
     description="anatomical barriers: falx, tentorium, sinuses, cerebellum, ventricles",
     options=OPTIONS,
 )
