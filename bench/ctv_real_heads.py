@@ -1,7 +1,7 @@
 """The CTV on real labelled heads at 1 mm: how much of a 15 mm CTV ends where the barriers should stop
-it, with barriers drawn from the manual labels, from the atlas stage with its sheets as registered,
-and from the atlas stage as it runs (sheets moved onto the image's CSF lines), beside the Euclidean
-margin.
+it, with barriers drawn from the manual labels, from the template stage (sheets moved onto the
+image's CSF lines) and from the default atlas stage (falx, tentorium, cerebellum and ventricles from
+the OASIS atlases; leave-one-out: the head's own atlas is never used), beside the Euclidean margin.
 
     python bench/ctv_real_heads.py [--heads 1000 1001]
 
@@ -30,7 +30,8 @@ def main() -> None:
     args = p.parse_args()
     import test_ctv_real as placements
 
-    from brainbarriers.barriers.atlas import atlas_barriers, refine_sheets
+    from brainbarriers.barriers.atlas import atlas_barriers
+    from brainbarriers.barriers.multiatlas import ATLAS_SUBJECTS, make_atlas
     from brainbarriers.barriers.position import sheets_from_labels
     from brainbarriers.io import load_volume
 
@@ -44,12 +45,15 @@ def main() -> None:
         medial = placements._medial_left_gtv(h, (15.0, 25.0))
         tentorial = placements._tentorial_gtv(h)
 
-        registered, _ = atlas_barriers(t1, brain, csf_sheets=False)
-        refined, _ = refine_sheets(t1, brain.array > 0, registered)  # what atlas_barriers returns
+        template, _ = atlas_barriers(t1, brain, anatomy="template")
+        others = tuple(make_atlas(o, load_volume(OASIS / o / f"{o}_SS.nii.gz"),
+                                  load_volume(OASIS / o / f"{o}_glm.nii.gz"))
+                       for o in ATLAS_SUBJECTS if o != s)
+        default, _ = atlas_barriers(t1, brain, atlases=others)
         ml = float(np.prod(labels.spacing)) / 1000
         for name, barriers in (("from the labels", sheets_from_labels(labels)),
-                               ("atlas stage, sheets registered", t1.with_array(registered)),
-                               ("atlas stage (sheets on CSF)", t1.with_array(refined))):
+                               ("template stage", t1.with_array(template)),
+                               ("multi-atlas, leave-one-out", t1.with_array(default))):
             h["barriers"] = barriers
             ctv_m, eu_m = placements._margins(h, medial)
             ctv_t, eu_t = placements._margins(h, tentorial)

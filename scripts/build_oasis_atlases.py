@@ -4,8 +4,9 @@
 
 From each OASIS subject of the MICCAI 2012 multi-atlas labelling challenge (skull-stripped T1
 ``<id>/<id>_SS.nii.gz`` and Neuromorphometrics labels ``<id>/<id>_glm.nii.gz``) it writes
-``oasis-<id>_t1.nii.gz`` (T1 at 2 mm, uint8) and ``oasis-<id>_barriers.nii.gz`` (cerebellum 5 and
-ventricles 6 at 1 mm, cropped; definitions in ``brainbarriers.barriers.multiatlas``). The data are
+``oasis-<id>_t1.nii.gz`` (T1 at 2 mm, uint8) and ``oasis-<id>_barriers.nii.gz`` (cerebellum 5,
+ventricles 6, falx 1 and tentorium 2 at 1 mm, cropped; definitions in
+``brainbarriers.barriers.multiatlas``). The data are
 CC BY-NC: see the README written beside them.
 """
 

@@ -449,10 +449,9 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
             warnings.warn("no atlas registration agreed with the template's: the cerebellum and "
                           "ventricles are the template's", BarrierWarning, stacklevel=2)
         else:
-            # The sheets stay as registered (the atlases' larger cerebellum would cut holes in the
-            # tentorium); ``refine_sheets`` then clears cerebellum above the moved tentorium.
             free = np.isin(labels, (0, CEREBELLUM, VENTRICLES))
-            labels = np.where(free, np.where(structures > 0, structures, 0), labels).astype(np.uint8)
+            anatomy_labels = np.isin(structures, (CEREBELLUM, VENTRICLES))
+            labels = np.where(free, np.where(anatomy_labels, structures, 0), labels).astype(np.uint8)
     if structures is None and csf_ventricles:  # the template's ventricles, sharpened by the CSF model
         ventricles, note = csf_refine(image.array, brain, prob[VENTRICLES], image.spacing)
         if note:
@@ -464,4 +463,12 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
         labels, note = refine_sheets(image, brain, labels)
         if note:
             warnings.warn(note, BarrierWarning, stacklevel=2)
+    if structures is not None:
+        # The atlases' falx and tentorium (drawn from real heads' labels) join the template's: they
+        # reach the fissure's and the tentorium's far ends, which the template's do not, and the
+        # template's, drawn to the brain's rim without holes, keep a CTV from going round them.
+        # (The atlases' alone covered more on the OASIS heads but, stopping short of the rim, let
+        # a 15 mm CTV 8 ml into the cerebellum on OASIS 1000.)
+        labels[(structures == FALX) & (labels == 0)] = FALX
+        labels[(structures == TENTORIUM) & np.isin(labels, (0, CEREBELLUM))] = TENTORIUM
     return labels, prob
