@@ -409,14 +409,15 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     """The template's barriers carried onto ``image``'s grid: (labels, probabilities of the template's
     labels).
 
-    ``anatomy="multiatlas"`` replaces the template's cerebellum and ventricles by those
-    of ``multiatlas.multiatlas_structures`` (OASIS atlases, label fusion, CSF model; its warnings are
-    issued as ``BarrierWarning``; ``atlases``: those to use instead of the shipped ones, e.g. for a
+    ``anatomy="multiatlas"`` (the default) replaces the template's cerebellum and ventricles by
+    those of ``multiatlas.multiatlas_structures`` (OASIS atlases, label fusion, CSF model) and adds
+    the atlases' falx and tentorium to the template's (its warnings are issued as
+    ``BarrierWarning``; ``atlases``: those to use instead of the shipped ones, e.g. for a
     leave-one-out measurement); ``"template"`` keeps the template's cerebellum, and its ventricles
     sharpened by the same per-case CSF model (``multiatlas.csf_refine``: the template's ventricles
     are an adult average, a patient's may be half or twice their size), or as registered with
-    ``csf_ventricles=False``. ``DEFAULT_ANATOMY`` says which is the default. The falx and
-    tentorium are moved onto the patient's CSF lines (``refine_sheets``) unless ``csf_sheets=False``.
+    ``csf_ventricles=False``. The template's falx and tentorium are moved onto the patient's CSF
+    lines (``refine_sheets``) unless ``csf_sheets=False``.
     """
     from .multiatlas import (
         BarrierWarning,
@@ -439,7 +440,7 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     # The coarse B-spline cannot match the brain's outline: the template's cerebellum reached 6-12 ml
     # past the patient's brain on the OASIS heads (cerebellum Dice 0.916 -> 0.938 without it).
     labels[(labels == CEREBELLUM) & ~brain] = 0
-    structures = None  # the multi-atlas cerebellum and ventricles, when they are used
+    structures = None  # the multi-atlas labels (cerebellum, ventricles, sheets), when used
     if anatomy == "multiatlas":
         structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases,
                                                      expected_cerebellum=labels == CEREBELLUM)

@@ -65,6 +65,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from ..io import load_volume, to_sitk
+from ..metrics import dice
 from ..volume import Volume
 
 # ------------------------------------------------------------------------------- the definitions
@@ -334,10 +335,6 @@ MIN_AGREEMENT = 0.5
 SHEET_VOTE = 0.2
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(1, int(a.sum()) + int(b.sum()))
-
-
 def fuse(probs: list[np.ndarray]) -> np.ndarray:
     return np.mean(probs, axis=0).astype(np.float32)
 
@@ -374,7 +371,7 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
         moving = sitk.Cast(to_sitk(atlas.t1), sitk.sitkFloat32)
         prob = warp_structures(atlas, reference, register_to_atlas(fixed_small, moving))
         if expected is not None and expected.any():
-            agreement = _dice(prob[0] > 0.5, expected)
+            agreement = dice(prob[0] > 0.5, expected)
             if agreement < MIN_AGREEMENT:
                 warnings.append(f"atlas {atlas.name} left out: its registered cerebellum overlaps the "
                                 f"template's with Dice {agreement:.2f} (registration failed)")
