@@ -37,6 +37,8 @@ def main() -> None:
 
     print(f"{'head':>5} {'barriers':>28} {'medial GTV: CTV in right cortex':>32} {'Euclidean':>9} "
           f"{'tentorial GTV: CTV in cerebellum':>33} {'Euclidean':>9}")
+    atlases = {o: make_atlas(o, load_volume(OASIS / o / f"{o}_SS.nii.gz"), load_volume(OASIS / o / f"{o}_glm.nii.gz"))
+               for o in ATLAS_SUBJECTS}
     for s in args.heads:
         labels = load_volume(OASIS / s / f"{s}_glm.nii.gz")
         t1 = load_volume(OASIS / s / f"{s}_SS.nii.gz")
@@ -46,9 +48,7 @@ def main() -> None:
         tentorial = placements._tentorial_gtv(h)
 
         template, _ = atlas_barriers(t1, brain, anatomy="template")
-        others = tuple(make_atlas(o, load_volume(OASIS / o / f"{o}_SS.nii.gz"),
-                                  load_volume(OASIS / o / f"{o}_glm.nii.gz"))
-                       for o in ATLAS_SUBJECTS if o != s)
+        others = tuple(atlas for name, atlas in atlases.items() if name != s)  # never the head's own
         default, _ = atlas_barriers(t1, brain, atlases=others)
         ml = float(np.prod(labels.spacing)) / 1000
         for name, barriers in (("from the labels", sheets_from_labels(labels)),

@@ -78,6 +78,7 @@ FALX, TENTORIUM = 1, 2
 #: drawn from the atlas's own labels (``position.sheets_from_labels``: the interhemispheric fissure
 #: above the corpus callosum; the gap between cerebellum and occipital / temporal cortex).
 ATLAS_LABELS: tuple[int, ...] = (CEREBELLUM, VENTRICLES, FALX, TENTORIUM)
+_CHANNEL = {label: n for n, label in enumerate(ATLAS_LABELS)}  # label -> channel of the warped stack
 NEUROMORPHOMETRICS: dict[int, tuple[int, ...]] = {CEREBELLUM: CEREBELLUM_LABELS, VENTRICLES: VENTRICLE_LABELS}
 CONVENTION = ("Neuromorphometrics (MICCAI 2012 multi-atlas labelling challenge): cerebellum = 38-41 + "
               "vermis 71-73; ventricles = lateral 51/52 + inferior horns 49/50 + third 4 + fourth 11")
@@ -198,15 +199,16 @@ def as_atlas_would_show(fixed: sitk.Image, atlas_on_fixed: sitk.Image) -> sitk.I
     def classes(values):
         return np.digitize(values, threshold_multiotsu(values, classes=3))
 
-    fixed_class = classes(f[inside])
-    fixed_medians = np.array([np.median(f[inside][fixed_class == c]) for c in range(3)])
+    fixed_values, under = f[inside], m[inside]  # the fixed brain, and the atlas under it
+    fixed_class = classes(fixed_values)
+    fixed_medians = np.array([np.median(fixed_values[fixed_class == c]) for c in range(3)])
     atlas_values = m[m > 0]
     atlas_class = classes(atlas_values)
     atlas_medians = np.sort([np.median(atlas_values[atlas_class == c]) for c in range(3)])
-    overlain = np.array([np.median(m[inside][(fixed_class == c) & (m[inside] > 0)]) for c in range(3)])
+    overlain = np.array([np.median(under[(fixed_class == c) & (under > 0)]) for c in range(3)])
     target = atlas_medians[np.argsort(np.argsort(overlain))]  # rank of what each class overlies
     out = np.zeros(f.shape, np.float32)
-    out[inside] = np.interp(f[inside], fixed_medians, target)
+    out[inside] = np.interp(fixed_values, fixed_medians, target)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(fixed)
     return result
@@ -371,7 +373,7 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
         moving = sitk.Cast(to_sitk(atlas.t1), sitk.sitkFloat32)
         prob = warp_structures(atlas, reference, register_to_atlas(fixed_small, moving))
         if expected is not None and expected.any():
-            agreement = dice(prob[0] > 0.5, expected)
+            agreement = dice(prob[_CHANNEL[CEREBELLUM]] > 0.5, expected)
             if agreement < MIN_AGREEMENT:
                 warnings.append(f"atlas {atlas.name} left out: its registered cerebellum overlaps the "
                                 f"template's with Dice {agreement:.2f} (registration failed)")
@@ -380,20 +382,20 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
     if not probs:
         return None, None, warnings
     fused = fuse(probs)
-    cerebellum = fused[0] > 0.5
+    cerebellum = fused[_CHANNEL[CEREBELLUM]] > 0.5
     cerebellum = ndi.binary_fill_holes(_largest(cerebellum & sub_brain)) if cerebellum.any() else cerebellum
     if refine_ventricles:
-        ventricles, warning = csf_refine(sub_image.array, sub_brain, fused[1], image.spacing)
+        ventricles, warning = csf_refine(sub_image.array, sub_brain, fused[_CHANNEL[VENTRICLES]], image.spacing)
         if warning:
             warnings.append(warning)
     else:
-        ventricles = fused[1] > 0.5
+        ventricles = fused[_CHANNEL[VENTRICLES]] > 0.5
     ventricles &= sub_brain
     cerebellum &= ~ventricles  # CSF is not cerebellum: the fourth ventricle lies in its outline
     # The sheets: a low vote, since two-voxel sheets a millimetre or two apart average below 0.5;
     # the tentorium may take the cerebellum's top, the falx keeps out of both structures.
-    tentorium = (fused[3] > SHEET_VOTE) & ~ventricles
-    falx = (fused[2] > SHEET_VOTE) & ~ventricles & ~cerebellum & ~tentorium
+    tentorium = (fused[_CHANNEL[TENTORIUM]] > SHEET_VOTE) & ~ventricles
+    falx = (fused[_CHANNEL[FALX]] > SHEET_VOTE) & ~ventricles & ~cerebellum & ~tentorium
     sub = np.where(cerebellum, CEREBELLUM, 0)
     sub = np.where(tentorium, TENTORIUM, np.where(falx, FALX, sub))
     labels = np.zeros(image.shape, np.uint8)
