@@ -4,11 +4,13 @@ fold that never saw it, without flips).
 
 Per case and oversegmentation size K (``--sizes``): the SSLIC_Var oversegmentation's ASA (the
 ceiling), then the hierarchy's 300-region level without focus and with the focus (the model's
-whole tumour grown by ``--margins`` mm, merging ``--factors`` times dearer there). The focus
-defaults (5 mm, x100) were chosen on the first four cases (``--dev``) and checked on the other
-eight; the means are printed for both groups.
+whole tumour grown by ``--margins`` mm, merging ``--factors`` times dearer there), on the labels
+alone and with the voxels within 20 mm where the model's whole-tumour probability is at least each
+of ``--probabilities`` (the step's default: 0.05). The focus defaults (5 mm, x100, 0.05) were
+chosen on the first four cases (``DEV``) and checked on the other eight; the means are printed for
+both groups.
 
-    OMP_NUM_THREADS=2 python bench/supervoxels_focus.py [--sizes 10,7] [--cases ID,...]
+    OMP_NUM_THREADS=2 python bench/supervoxels_focus.py [--sizes 7] [--cases ID,...]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from brainbarriers.models import load_package
 from brainbarriers.supervoxels import metrics
 from brainbarriers.supervoxels.hierarchy import build_hierarchy, focus_around
 from brainbarriers.supervoxels.slic import scale_to_unit, sslic
-from brainbarriers.tumor.inference import segment
+from brainbarriers.tumor.inference import segment_with_uncertainty
 from brainbarriers.tumor.train import find_cases, load_case_volumes
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -35,7 +37,8 @@ DEV = ("Brats18_2013_20_1", "Brats18_2013_23_1", "Brats18_2013_3_1", "Brats18_CB
 def run_case(case, package, fold, sizes, settings, regions) -> list[dict]:
     vols, mask, labels = load_case_volumes(case)
     net = package.build_network(f"fold{fold}", "cpu")
-    tumour = segment(vols, mask, package, tta=False, nets=[net]).array > 0
+    result = segment_with_uncertainty(vols, mask, package, tta=False, nets=[net])
+    tumour, probability = result.labels.array > 0, result.probability.array
     brain = mask.array > 0
     features = [scale_to_unit(np.asarray(vols[s].array, np.float32), brain) for s in SEQ]
     rows = []
@@ -44,10 +47,13 @@ def run_case(case, package, fold, sizes, settings, regions) -> list[dict]:
             over = sslic(np.stack(features), brain, size=(size,) * 3).numpy().astype(np.int32)
         row = {"case": case["id"], "size": size, "n": int(over.max()),
                "oversegmentation": metrics.asa(over, labels.array, "tumor")}
-        for margin, factor in settings:
-            focus = None if factor == 1 else focus_around(tumour, mask.grid.spacing, margin)
+        for margin, factor, least in settings:
+            focus = None if factor == 1 else focus_around(
+                tumour, mask.grid.spacing, margin, probability=None if least is None else
+                probability, min_probability=least or 0.0)
             h = build_hierarchy(over, features, focus=focus, focus_factor=factor)
-            key = "no focus" if factor == 1 else f"focus {margin:g} mm x{factor:g}"
+            key = ("no focus" if factor == 1 else f"focus {margin:g} mm x{factor:g}"
+                   + ("" if least is None else f" p>={least:g}"))
             row[key] = metrics.asa(h.labels(over, regions=regions), labels.array, "tumor")
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -56,9 +62,11 @@ def run_case(case, package, fold, sizes, settings, regions) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="10,7")
+    p.add_argument("--sizes", default="7")
     p.add_argument("--margins", default="5", help="focus margins in mm")
     p.add_argument("--factors", default="100", help="focus factors")
+    p.add_argument("--probabilities", default="none,0.05",
+                   help="least whole-tumour probabilities the focus also takes (none: labels only)")
     p.add_argument("--regions", type=int, default=300)
     p.add_argument("--cases", default=None, help="comma-separated case ids (default: all 12)")
     p.add_argument("--threads", type=int, default=2)
@@ -68,8 +76,9 @@ def main() -> int:
     fold_of = {c: f["fold"] for f in package.manifest["training"]["folds"] for c in f["val_cases"]}
     wanted = args.cases.split(",") if args.cases else sorted(fold_of, key=lambda c: (c not in DEV, c))
     cases = {c["id"]: c for c in find_cases([DATA / "brats18", DATA / "brats-gli"])}
-    settings = [(0.0, 1.0)] + [(float(m), float(f)) for m in args.margins.split(",")
-                               for f in args.factors.split(",")]
+    settings = [(0.0, 1.0, None)] + [
+        (float(m), float(f), None if q == "none" else float(q)) for m in args.margins.split(",")
+        for f in args.factors.split(",") for q in args.probabilities.split(",")]
     rows = [r for cid in wanted
             for r in run_case(cases[cid], package, fold_of[cid], [int(s) for s in
                               args.sizes.split(",")], settings, args.regions)]

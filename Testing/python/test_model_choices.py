@@ -14,6 +14,7 @@ from brainbarriers.errors import InputError
 from brainbarriers.models import list_packages
 from brainbarriers.pipeline.registry import all_steps
 from brainbarriers.volume import Volume
+from brainbarriers.tumor.inference import Segmentation
 
 SHAPE = (12, 12, 12)
 
@@ -64,8 +65,9 @@ def stand_ins(monkeypatch):
 
     def segment_with_uncertainty(images, brain, package, **kwargs):
         used["tumor"] = package.name
-        return (Volume(np.zeros(SHAPE, np.uint8), np.eye(4)),
-                Volume(np.zeros(SHAPE, np.float32), np.eye(4)), [])
+        return Segmentation(Volume(np.zeros(SHAPE, np.uint8), np.eye(4)),
+                            Volume(np.zeros(SHAPE, np.float32), np.eye(4)), [],
+                            Volume(np.zeros(SHAPE, np.float32), np.eye(4)))
 
     def atlas_barriers(reference, brain_mask):
         used["barriers"] = "atlas"

@@ -109,6 +109,25 @@ def test_texture_term_tells_apart_what_intensity_histograms_cannot():
     assert textured.x(a, b)[0] > 0.03
 
 
+def test_the_focus_reaches_into_the_models_fringe_but_not_far_away():
+    from brainbarriers.supervoxels.hierarchy import focus_around
+
+    mask = np.zeros((60, 8, 8), bool)
+    mask[10:12] = True
+    spacing = (2.0, 1.0, 1.0)  # 2 mm along the first axis: 5 voxels are 10 mm
+    probability = np.zeros(mask.shape, np.float32)
+    probability[15] = 0.1  # 8 mm from the mask: within reach
+    probability[25] = 0.1  # 28 mm: a false positive far away
+    probability[18] = 0.01  # 14 mm but below the threshold
+    plain = focus_around(mask, spacing, 5.0)
+    assert plain[:, 0, 0].nonzero()[0].tolist() == list(range(8, 14))  # within 5 mm: 2 voxels
+    fringe = focus_around(mask, spacing, 5.0, probability=probability)
+    assert fringe[:, 0, 0].nonzero()[0].tolist() == list(range(8, 14)) + [15]
+    fringe = focus_around(mask, spacing, 5.0, probability=probability, reach_mm=30.0)
+    assert fringe[:, 0, 0].nonzero()[0].tolist() == list(range(8, 14)) + [15, 25]
+    assert focus_around(np.zeros_like(mask), spacing, probability=probability) is None
+
+
 def test_levels_in_milliseconds():
     rng = np.random.default_rng(0)
     n = 5000

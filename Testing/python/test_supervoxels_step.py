@@ -37,7 +37,7 @@ def test_step_declares_its_products():
     assert STEP.name == "supervoxels"
     assert STEP.inputs == ("brain_mask",)
     assert set(STEP.optional_inputs) == {"t1_brain", "t1ce_brain", "t2_brain", "flair_brain",
-                                         "tumor"}
+                                         "tumor", "tumor_probability"}
     assert set(STEP.outputs) == set(STEP.labels) == {"supervoxels", "supervoxels_merged"}
     from brainbarriers.pipeline.registry import all_steps
 
@@ -136,3 +136,39 @@ def test_with_tumour_labels_the_merging_keeps_fine_regions_around_the_tumour(sma
     assert "around the tumour" in said_f and "around the tumour" not in said_p
     assert len(np.unique(merged_f[near])) > len(np.unique(merged_p[near]))
     assert len(np.unique(merged_f[merged_f > 0])) == len(np.unique(merged_p[merged_p > 0])) == 40
+
+
+def test_the_focus_takes_the_models_probability_when_the_run_has_it(small_case_dir, tmp_path):
+    from brainbarriers.pipeline.core import Step
+    from brainbarriers.supervoxels.hierarchy import focus_around
+
+    truth = load_volume(small_case_dir / "tumor_truth.nii.gz")
+
+    def tumour(ctx):  # the phantom's tumour, with a low-probability fringe 3 voxels deep
+        from scipy import ndimage
+
+        from brainbarriers.tumor.inference import onto
+
+        labels = onto(truth, ctx.grid, label=True).array
+        fringe = ndimage.binary_dilation(labels > 0, iterations=3)
+        return {"tumor": ctx.new_volume(labels),
+                "tumor_probability": ctx.new_volume(np.where(
+                    labels > 0, 0.9, np.where(fringe, 0.1, 0.0)).astype(np.float32))}
+
+    standin = Step(name="tumor", run=tumour, inputs=("brain_mask",),
+                   outputs=("tumor", "tumor_probability"), labels=("tumor",))
+    options = {"size": 8, "regions": 40, "focus_mm": 1}  # the fringe lies beyond 1 mm
+    run = PipelineRun({s: small_case_dir / f"{s}.nii.gz" for s in SEQ}, tmp_path / "run",
+                      [standin_skullstrip(small_case_dir / "brain_mask_truth.nii.gz"), standin,
+                       STEP], device="cpu", options={"supervoxels": dict(options)})
+    run.run()
+    labels = run.get("tumor")
+    images = [run.get(f"{s}_brain").array for s in SEQ]
+    brain = run.get("brain_mask").array > 0
+    for probability, minimum in ((None, 0.05), (run.get("tumor_probability").array, 0.05),
+                                 (run.get("tumor_probability").array, 0.5)):
+        focus = focus_around(labels.array > 0, labels.grid.spacing, 1.0, probability=probability,
+                             min_probability=minimum)
+        expected = compute_supervoxels(images, brain, options=options, focus=focus)[1]
+        same = np.array_equal(expected, run.get("supervoxels_merged").array)
+        assert same == (probability is not None and minimum == 0.05)

@@ -249,7 +249,8 @@ def tumor_run(small_case_dir, tmp_path_factory):
 
 
 def test_step_declaration_and_registry():
-    assert STEP.name == "tumor" and STEP.outputs == ("tumor",) and STEP.labels == ("tumor",)
+    assert STEP.name == "tumor" and STEP.labels == ("tumor",)
+    assert STEP.outputs == ("tumor", "tumor_probability")
     assert STEP.sequences == () and STEP.sequences_any == SEQ
     assert STEP.inputs == ("brain_mask",)
     assert STEP.optional_inputs == ("t1_brain", "t1ce_brain", "t2_brain", "flair_brain")
@@ -271,6 +272,20 @@ def test_demo_model_through_the_pipeline(tumor_run, small_case_dir):
     assert wt >= 0.80
     assert any("demo model" in w["message"] for w in run.warnings)
     assert "tumor_uncertainty" not in outputs  # one pass: no disagreement was measured
+
+
+def test_the_whole_tumours_probability_is_kept_for_the_supervoxels(tumor_run, small_case_dir):
+    _, outputs, _, run = tumor_run
+    assert "tumor_probability" not in outputs  # a work product, not one of the run's outputs
+    probability = run.get("tumor_probability").array
+    labels = run.get("tumor").array
+    brain = load_volume(small_case_dir / "brain_mask_truth.nii.gz").array > 0
+    assert probability.dtype == np.float32 and 0 <= probability.min() and probability.max() <= 1
+    assert not probability[~brain].any()
+    # Before post-processing, the whole tumour is where its probability passes one half; the
+    # demo package clears no component, so the two agree voxel for voxel.
+    assert np.array_equal(probability > 0.5, labels > 0)
+    assert (probability > 0.05).sum() > (labels > 0).sum()  # a fringe the labels leave out
 
 
 def test_with_flips_the_run_writes_where_the_passes_disagree(small_case_dir, tmp_path):

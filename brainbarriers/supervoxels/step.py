@@ -15,10 +15,11 @@ cases tumour ASA at 300 regions 0.753 with them, 0.758 without, for 3.4 vs 0.9 C
 
 When the run has tumour labels (the tumour step runs first), the merging keeps its regions fine
 where they will be edited: ``focus`` (true) makes merging ``focus_factor`` (100) times dearer within
-``focus_mm`` (5) of the tumour (``hierarchy``, Focus); ``focus=false`` merges as the paper does.
-With the focus, a finer oversegmentation pays off at 300 regions (its fine cells are kept where
-the tumour is), hence K = 7 rather than 10: tumour ASA at 300 regions 0.798 against 0.775 on 12
-real BraTS cases (README, Supervoxels).
+``focus_mm`` (5) of the tumour and, within ``focus_reach_mm`` (20) of it, wherever the model's
+whole-tumour probability is at least ``focus_probability`` (0.05) (``hierarchy``, Focus);
+``focus=false`` merges as the paper does. With the focus, a finer oversegmentation pays off at
+300 regions (its fine cells are kept where the tumour is), hence K = 7 rather than 10 (README,
+Supervoxels).
 """
 
 from __future__ import annotations
@@ -110,14 +111,20 @@ def _number(options: dict, key: str, default: float, low: float = 0.0) -> float:
 
 
 def tumour_focus(ctx: StepContext) -> np.ndarray | None:
-    """Voxels within ``focus_mm`` of the run's tumour labels, or None (no tumour, or focus off)."""
-    from .hierarchy import FOCUS_MM, focus_around
+    """Voxels within ``focus_mm`` of the run's tumour labels and, within ``focus_reach_mm`` of
+    them, those where the model's whole-tumour probability is at least ``focus_probability``; None
+    when there is no tumour or the focus is off."""
+    from .hierarchy import FOCUS_MM, FOCUS_PROBABILITY, FOCUS_REACH_MM, focus_around
 
     if not ctx.has("tumor") or not _flag(ctx.options.get("focus", True), "focus"):
         return None
     tumour = ctx.get("tumor")
+    probability = ctx.get("tumor_probability").array if ctx.has("tumor_probability") else None
     return focus_around(tumour.array > 0, tumour.grid.spacing,
-                        _number(ctx.options, "focus_mm", FOCUS_MM))
+                        _number(ctx.options, "focus_mm", FOCUS_MM), probability=probability,
+                        min_probability=_number(ctx.options, "focus_probability",
+                                                FOCUS_PROBABILITY),
+                        reach_mm=_number(ctx.options, "focus_reach_mm", FOCUS_REACH_MM))
 
 
 def run(ctx: StepContext) -> dict[str, Volume]:
@@ -143,9 +150,9 @@ STEP = Step(
     name="supervoxels",
     run=run,
     inputs=("brain_mask",),
-    optional_inputs=SEQUENCE_PRODUCTS + ("tumor",),
+    optional_inputs=SEQUENCE_PRODUCTS + ("tumor", "tumor_probability"),
     outputs=("supervoxels", "supervoxels_merged"),
     labels=("supervoxels", "supervoxels_merged"),
-    version="3",
+    version="4",
     description="multimodal supervoxels (SSLIC_Var) and their merge hierarchy",
 )

@@ -227,6 +227,7 @@ class Segmentation(NamedTuple):
     labels: Volume  # BraTS labels (uint8, 0/1/2/4)
     uncertainty: Volume | None  # the passes' disagreement (float32, 0..1)
     cleared: list[dict]  # components cleared as not the main tumour (``keep_main_tumour``)
+    probability: Volume  # whole-tumour probability, the passes' mean (float32, 0 outside the brain)
 
 
 def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPackage,
@@ -239,7 +240,8 @@ def segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPack
 def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
                              package: ModelPackage, **kw) -> Segmentation:
     """BraTS labels, the passes' disagreement (zero outside the brain and everywhere when there is
-    a single pass), both on the grid of ``brain_mask``, and the components cleared."""
+    a single pass), both on the grid of ``brain_mask``, the components cleared and the whole
+    tumour's probability before any post-processing."""
     return _segment(images, brain_mask, package, spread=True, **kw)
 
 
@@ -300,8 +302,10 @@ def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPac
     if head == "regions":
         ch = {name: full[i] > 0.5 for i, name in enumerate(out["channels"])}
         labels = labels_from_regions(ch["WT"] & brain, ch["TC"] & brain, ch["ET"] & brain)
+        whole = full[out["channels"].index("WT")]
     elif head == "labels":
         label_map = {int(k): int(v) for k, v in out.get("label_map", {"0": 0, "1": 1, "2": 2, "3": 4}).items()}
+        whole = 1.0 - sum(full[k] for k, v in label_map.items() if v == 0)
         cls = full.argmax(0)
         labels = np.zeros(cls.shape, np.uint8)
         for k, v in label_map.items():
@@ -319,4 +323,5 @@ def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPac
     if small_et_ml is None:
         small_et_ml = float(post.get("small_et_ml", DEFAULT_SMALL_ET_ML))
     labels = relabel_small_et(labels, ref.voxel_volume_ml, small_et_ml)
-    return Segmentation(ref.with_array(labels.astype(np.uint8)), uncertainty, cleared)
+    probability = ref.with_array(np.clip(whole * brain, 0, 1).astype(np.float32))
+    return Segmentation(ref.with_array(labels.astype(np.uint8)), uncertainty, cleared, probability)

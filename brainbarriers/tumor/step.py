@@ -1,7 +1,9 @@
 """The ``tumor`` pipeline step: BraTS labels (1 necrotic core, 2 oedema, 4 enhancing) from the four
 skull-stripped sequences and the brain mask, and, when the model ran more than one network pass
 (test-time flips, several folds), ``tumor_uncertainty``: where those passes disagree (0..1), so that
-review starts where the model doubts.
+review starts where the model doubts. ``tumor_probability`` (the passes' mean whole-tumour
+probability, before any post-processing) stays in the run's work folder: the supervoxels step keeps
+its regions fine where it is not negligible.
 
 Options (``--set tumor.KEY=VALUE``):
 - ``model``: a model package folder, zip or installed name (default: the shipped
@@ -108,14 +110,15 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     except ValueError:
         raise InputError(None, f"tumor.tta_flips={opts['tta_flips']!r}: give a number from 1 to "
                          f"{len(FLIPS)}") from None
-    labels, uncertainty, cleared = segment_with_uncertainty(
+    result = segment_with_uncertainty(
         images, ctx.get("brain_mask"), package, tta=tta, device=ctx.device,
         small_et_ml=_ml_option(opts, "small_et_ml"),
         min_component_ml=_ml_option(opts, "min_component_ml"),
         focus_core_ml=_ml_option(opts, "focus_core_ml"),
         overlap=float(opts.get("overlap", 0.5)), flips=flips,
         progress=lambda f, m: ctx.progress(0.95 * f, m))
-    for c in cleared:
+    labels = result.labels
+    for c in result.cleared:
         r, a, s = labels.world_coordinates([c["centre"]])[0]
         ctx.warn(f"a tumour component of {c['ml']:.1f} ml ({c['core_ml']:.1f} ml of core) away from "
                  f"the main tumour was cleared as a likely false positive, centred at RAS "
@@ -138,9 +141,10 @@ def run(ctx: StepContext) -> dict[str, Volume]:
         ctx.warn(f"tumour model {package.name} is a demo model trained on synthetic phantoms; "
                  "clinical use needs weights trained on real data")
     ctx.progress(1.0, "tumour labels done")
-    out = {"tumor": ctx.new_volume(labels.array)}
+    out = {"tumor": ctx.new_volume(labels.array),
+           "tumor_probability": ctx.new_volume(result.probability.array)}
     if len(network_passes(len(package.weight_keys), tta, flips)) > 1:
-        out["tumor_uncertainty"] = ctx.new_volume(uncertainty.array)
+        out["tumor_uncertainty"] = ctx.new_volume(result.uncertainty.array)
     return out
 
 
@@ -163,10 +167,10 @@ STEP = Step(
     sequences_any=SEQUENCES,  # the model says whether it takes a subset (accepts_subsets)
     inputs=("brain_mask",),
     optional_inputs=("t1_brain", "t1ce_brain", "t2_brain", "flair_brain"),
-    outputs=("tumor",),
+    outputs=("tumor", "tumor_probability"),
     optional_outputs=("tumor_uncertainty",),
     labels=("tumor",),
-    version="2",
+    version="3",
     description="tumour sub-regions (BraTS 1/2/4) by HNF-Netv2 / ConResNet / SegResNet packages",
     options=OPTIONS,
 )
