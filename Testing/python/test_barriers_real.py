@@ -178,6 +178,31 @@ def test_registration_to_an_atlas_recovers_a_known_deformation_on_either_contras
                           M.warp_structures(atlas, reference, again) > 0.5)
 
 
+def test_the_template_registration_gives_the_same_transform_twice_on_two_threads():
+    """The B-spline registration of the template stage runs on one thread (``atlas.register``):
+    on two, the metric's partial sums arrive in any order and the transform differs from call to
+    call. The caller's thread count is left as it was."""
+    import SimpleITK as sitk
+
+    from brainbarriers.barriers.atlas import _skull_stripped, register
+    from brainbarriers.io import to_sitk
+
+    atlas = M.load_atlases()[0]
+    image, brain, _ = _deformed_patient(atlas, False)
+    fixed = _skull_stripped(image, brain)
+    moving = sitk.Cast(to_sitk(atlas.t1), sitk.sitkFloat32)
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    try:
+        first, second = register(fixed, moving), register(fixed, moving)
+        assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 2
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+    points = [(x, y, z) for x in (-40.0, 0.0, 40.0) for y in (-60.0, 0.0, 40.0) for z in (-20.0, 30.0)]
+    assert [first.TransformPoint(q) for q in points] == [second.TransformPoint(q) for q in points]
+    assert max(np.linalg.norm(np.subtract(first.TransformPoint(q), q)) for q in points) > 1.0
+
+
 def test_the_lookup_turns_a_t2_like_image_into_the_atlas_contrast():
     import SimpleITK as sitk
 

@@ -13,8 +13,8 @@ from brainbarriers import model_choices as mc
 from brainbarriers.errors import InputError
 from brainbarriers.models import list_packages
 from brainbarriers.pipeline.registry import all_steps
-from brainbarriers.volume import Volume
 from brainbarriers.tumor.inference import Segmentation
+from brainbarriers.volume import Volume
 
 SHAPE = (12, 12, 12)
 
