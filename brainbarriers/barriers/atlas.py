@@ -418,7 +418,8 @@ def refine_sheets(image: Volume, brain: np.ndarray, labels: np.ndarray) -> tuple
 
 def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True,
                    anatomy: str = DEFAULT_ANATOMY, atlases: tuple | None = None,
-                   csf_ventricles: bool = True, csf_sheets: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   csf_ventricles: bool = True, csf_sheets: bool = True,
+                   ventricle_classifier="shipped") -> tuple[np.ndarray, np.ndarray]:
     """The template's barriers carried onto ``image``'s grid: (labels, probabilities of the template's
     labels).
 
@@ -426,7 +427,8 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     those of ``multiatlas.multiatlas_structures`` (OASIS atlases, label fusion, CSF model) and adds
     the atlases' falx and tentorium to the template's (its warnings are issued as
     ``BarrierWarning``; ``atlases``: those to use instead of the shipped ones, e.g. for a
-    leave-one-out measurement); ``"template"`` keeps the template's cerebellum, and its ventricles
+    leave-one-out measurement; ``ventricle_classifier``: see ``multiatlas_structures``);
+    ``"template"`` keeps the template's cerebellum, and its ventricles
     sharpened by the same per-case CSF model (``multiatlas.csf_refine``: the template's ventricles
     are an adult average, a patient's may be half or twice their size), or as registered with
     ``csf_ventricles=False``. The template's falx and tentorium are moved onto the patient's CSF
@@ -456,7 +458,8 @@ def atlas_barriers(image: Volume, brain_mask: Volume, *, deformable: bool = True
     structures = None  # the multi-atlas labels (cerebellum, ventricles, sheets), when used
     if anatomy == "multiatlas":
         structures, _, notes = multiatlas_structures(image, brain_mask, atlases=atlases,
-                                                     expected_cerebellum=labels == CEREBELLUM)
+                                                     expected_cerebellum=labels == CEREBELLUM,
+                                                     ventricle_classifier=ventricle_classifier)
         for note in notes:
             warnings.warn(note, BarrierWarning, stacklevel=2)
         if structures is None:

@@ -111,7 +111,9 @@ STEP = Step(
     outputs=("barriers",),
     optional_inputs=("t1", "t1ce", "t2", "flair", "ct"),
     labels=("barriers",),
-    version="2",  # 2: cerebellum and ventricles from the OASIS multi-atlas by default
+    # 2: cerebellum and ventricles from the OASIS multi-atlas by default;
+    # 3: every registration on one thread (reproducible), the ventricle classifier
+    version="3",
     description="anatomical barriers: falx, tentorium, sinuses, cerebellum, ventricles",
     options=OPTIONS,
 )
