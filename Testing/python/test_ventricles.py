@@ -84,3 +84,28 @@ def test_the_shipped_classifier_and_its_record():
     record = json.loads((atlas_folder() / V.WEIGHTS).with_suffix(".json").read_text())
     assert record["features"] == list(V.FEATURES) and len(record["data"]) == 3
     assert "CC BY-NC" in record["licence"]
+
+
+def test_when_the_classifier_keeps_nothing_the_csf_models_ventricles_stay(monkeypatch):
+    """A classifier that rejects every voxel must not erase the ventricles: the stage keeps the CSF
+    model's mask and says so."""
+    from brainbarriers.barriers import multiatlas as M
+    from brainbarriers.volume import Volume
+
+    image, brain, truth, prob = _head()
+    affine = np.eye(4)
+    fused = np.zeros((len(M.ATLAS_LABELS), *image.shape), np.float32)
+    fused[M._CHANNEL[M.VENTRICLES]] = prob
+
+    def warped(atlas, reference, transform):  # registration stood in: the atlas gives ``prob``
+        return fused[(slice(None), *M._brain_box(brain, 3))]
+
+    monkeypatch.setattr(M, "warp_structures", warped)
+    monkeypatch.setattr(M, "register_to_atlas", lambda fixed, moving: None)
+    n = len(V.FEATURES)
+    never = V.Classifier(np.zeros(n), np.ones(n), ((np.zeros((1, n)), np.array([-10.0])),))
+    atlas = M.load_atlases()[0]
+    labels, _, notes = M.multiatlas_structures(Volume(image, affine), Volume(brain.astype(np.uint8), affine),
+                                               atlases=(atlas,), ventricle_classifier=never)
+    dice = 2 * ((labels == M.VENTRICLES) & truth).sum() / ((labels == M.VENTRICLES).sum() + truth.sum())
+    assert dice > 0.9 and any("classifier kept no voxel" in n for n in notes)

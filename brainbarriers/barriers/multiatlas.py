@@ -402,8 +402,13 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
 
             classifier = learnt.shipped() if ventricle_classifier == "shipped" else ventricle_classifier
             if classifier is not None:
-                ventricles = learnt.classify(sub_image.array, sub_brain, prob, ventricles & sub_brain,
-                                             image.spacing, classifier)
+                drawn = learnt.classify(sub_image.array, sub_brain, prob, ventricles & sub_brain,
+                                        image.spacing, classifier)
+                if drawn.any() or not (ventricles & sub_brain).any():
+                    ventricles = drawn
+                else:
+                    warnings.append("ventricles: the classifier kept no voxel of the CSF model's "
+                                    "ventricles; the CSF model's mask is kept")
     else:
         ventricles = fused[_CHANNEL[VENTRICLES]] > 0.5
     ventricles &= sub_brain
