@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from brainbarriers.barriers import ventricles as V
 
@@ -86,14 +87,15 @@ def test_the_shipped_classifier_and_its_record():
     assert "CC BY-NC" in record["licence"]
 
 
-def test_when_the_classifier_keeps_nothing_the_csf_models_ventricles_stay(monkeypatch):
+@pytest.mark.parametrize("voxel_mm", [1.0, 2.0])
+def test_when_the_classifier_keeps_nothing_the_csf_models_ventricles_stay(monkeypatch, voxel_mm):
     """A classifier that rejects every voxel must not erase the ventricles: the stage keeps the CSF
-    model's mask and says so."""
+    model's mask and says so. On a 2 mm grid the classifier is not used at all."""
     from brainbarriers.barriers import multiatlas as M
     from brainbarriers.volume import Volume
 
     image, brain, truth, prob = _head()
-    affine = np.eye(4)
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
     fused = np.zeros((len(M.ATLAS_LABELS), *image.shape), np.float32)
     fused[M._CHANNEL[M.VENTRICLES]] = prob
 
@@ -108,4 +110,10 @@ def test_when_the_classifier_keeps_nothing_the_csf_models_ventricles_stay(monkey
     labels, _, notes = M.multiatlas_structures(Volume(image, affine), Volume(brain.astype(np.uint8), affine),
                                                atlases=(atlas,), ventricle_classifier=never)
     dice = 2 * ((labels == M.VENTRICLES) & truth).sum() / ((labels == M.VENTRICLES).sum() + truth.sum())
-    assert dice > 0.9 and any("classifier kept no voxel" in n for n in notes)
+    assert dice > 0.9
+    assert any("classifier kept no voxel" in n for n in notes) == (voxel_mm == 1.0)
+
+
+def test_the_classifier_is_used_on_grids_of_about_1_mm_only():
+    assert V.suits((1.0, 1.0, 1.0)) and V.suits((0.94, 0.94, 1.2))
+    assert not V.suits((2.0, 2.0, 2.0)) and not V.suits((1.0, 1.0, 5.0))

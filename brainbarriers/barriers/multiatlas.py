@@ -359,7 +359,8 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
 
     ``refine_ventricles``: the ventricles are drawn by ``ventricle_classifier`` (a
     ``ventricles.Classifier``; "shipped": the one learnt from the OASIS heads; None: the CSF model
-    alone) on top of the CSF model; else they are the fused probability above 0.5."""
+    alone) on top of the CSF model, on grids of about 1 mm (``ventricles.suits``; elsewhere by
+    the CSF model alone); else they are the fused probability above 0.5."""
     from .atlas import _shrunk, _skull_stripped
 
     if not image.grid.same_as(brain_mask.grid, atol=1e-3):
@@ -401,7 +402,7 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
             from . import ventricles as learnt
 
             classifier = learnt.shipped() if ventricle_classifier == "shipped" else ventricle_classifier
-            if classifier is not None:
+            if classifier is not None and learnt.suits(image.spacing):
                 drawn = learnt.classify(sub_image.array, sub_brain, prob, ventricles & sub_brain,
                                         image.spacing, classifier)
                 if drawn.any() or not (ventricles & sub_brain).any():

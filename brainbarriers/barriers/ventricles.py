@@ -7,8 +7,10 @@ ventricles on real heads": even with the true ventricles as the prior the best t
 0.84-0.89). The classifier sees, per voxel near the registered ventricles, the intensity on a
 scale set by the case itself (0 at the ventricles' CSF, 1 at the tissue around them, so T1, T1ce,
 T2 or FLAIR give the same range), its local minimum, maximum and blur, the fused atlas
-probability and its blur, and the signed distance to the CSF model's mask; a two-layer perceptron
-(``FEATURES`` -> 32 -> 32 -> 1) says ventricle or not.
+probability and its blur, and the signed distance to the CSF model's mask; a perceptron with two
+hidden layers (``FEATURES`` -> 32 -> 32 -> 1) says ventricle or not. Its blurs and neighbourhoods
+are counted in voxels and it learnt at 1 mm, so it is used on grids of about 1 mm only
+(``suits``); elsewhere the CSF model's mask stands.
 
 It is trained (``train``) on the three OASIS heads, each seen through atlases other than itself
 (``scripts/train_ventricle_classifier.py``); the weights (about 1,400 numbers) ship in
@@ -37,6 +39,13 @@ HIDDEN = 32
 CANDIDATE_PROBABILITY = 0.05
 NEAR_MM = 3.0
 WEIGHTS = "ventricles_classifier.npz"
+#: The voxel sizes (mm) the classifier is used at: it learnt on the OASIS heads' 1 mm voxels.
+SPACING_MM = (0.8, 1.25)
+
+
+def suits(spacing) -> bool:
+    """Whether a grid's voxels are close enough to the training's 1 mm for the classifier."""
+    return all(SPACING_MM[0] <= float(v) <= SPACING_MM[1] for v in spacing)
 
 
 @dataclass(frozen=True)
