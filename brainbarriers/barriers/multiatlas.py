@@ -285,22 +285,35 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return lab == 1 + int(np.argmax(sizes))
 
 
+def ventricle_core(brain: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """The registered ventricles' confident core: fused probability >= 0.9 (> 0.5 when that holds
+    fewer than 50 voxels)."""
+    core = (prob >= 0.9) & brain
+    return core if core.sum() >= 50 else (prob > 0.5) & brain
+
+
+def csf_and_tissue(values: np.ndarray, brain: np.ndarray, prob: np.ndarray, core: np.ndarray,
+                   spacing) -> tuple[float, float]:
+    """The case's own CSF and tissue intensities around the ventricles: the medians of ``core`` and
+    of the ring 2-6 mm outside the fused ventricles (probability < 0.05; the whole brain if the
+    ring is empty)."""
+    around = ndi.distance_transform_edt(~(prob > 0.5), sampling=spacing)
+    ring = brain & (around >= 2.0) & (around <= 6.0) & (prob < 0.05)
+    tissue = values[ring] if ring.any() else values[brain]
+    return float(np.median(values[core])), float(np.median(tissue))
+
+
 def csf_refine(image: np.ndarray, brain: np.ndarray, prob: np.ndarray, spacing: np.ndarray, *,
                reach: float = 0.1, grow_mm: float = 2.0) -> tuple[np.ndarray, str | None]:
     """Ventricles: the fused probability ``prob`` restricted to CSF-like voxels (module docstring).
 
     Returns (mask, warning or None)."""
     fused = prob > 0.5
-    core = (prob >= 0.9) & brain
-    if core.sum() < 50:
-        core = fused & brain
+    core = ventricle_core(brain, prob)
     if core.sum() < 20:
         return fused, "ventricles: too few confident atlas voxels for the CSF model; the atlas mask is kept"
-    dist_out = ndi.distance_transform_edt(~fused, sampling=spacing)
-    ring = brain & (dist_out >= 2.0) & (dist_out <= 6.0) & (prob < 0.05)
     values = image.astype(np.float32)
-    csf = float(np.median(values[core]))
-    tissue = float(np.median(values[ring])) if ring.any() else float(np.median(values[brain]))
+    csf, tissue = csf_and_tissue(values, brain, prob, core, spacing)
     spread = float(np.std(values[brain])) + 1e-6
     if abs(csf - tissue) < 0.5 * spread:
         return fused, ("ventricles: the image barely separates CSF from tissue around the ventricles; "

@@ -102,15 +102,11 @@ def features(image: np.ndarray, brain: np.ndarray, prob: np.ndarray, refined: np
     idx = np.argwhere(candidates)
     lo, hi = np.maximum(idx.min(0) - 8, 0), np.minimum(idx.max(0) + 9, brain.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    from .multiatlas import csf_and_tissue, ventricle_core
+
     v, p, inside, ref = (np.asarray(a[box]) for a in (image, prob, brain, refined))
     v = v.astype(np.float32)
-    core = (p >= 0.9) & inside
-    if core.sum() < 50:
-        core = (p > 0.5) & inside
-    around = ndi.distance_transform_edt(~(p > 0.5), sampling=spacing)
-    ring = inside & (around >= 2.0) & (around <= 6.0) & (p < 0.05)
-    csf = float(np.median(v[core]))
-    tissue = float(np.median(v[ring])) if ring.any() else float(np.median(v[inside]))
+    csf, tissue = csf_and_tissue(v, inside, p, ventricle_core(inside, p), spacing)
     z = (v - csf) / (tissue - csf)
     signed = near[box] - ndi.distance_transform_edt(ref, sampling=spacing)
     channels = (z, ndi.gaussian_filter(z, 1), ndi.gaussian_filter(z, 2), p,
