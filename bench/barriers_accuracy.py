@@ -63,7 +63,7 @@ def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
             if method == "multiatlas":
                 classifier = ventricles.train(
                     [pair for o in others for pair in ventricles.examples(
-                        *_head(heads[o.name]), tuple(a for a in others if a is not o))])
+                        *heads[o.name], tuple(a for a in others if a is not o))])
             w0, c0 = time.perf_counter(), time.process_time()
             if method == "template-raw":
                 pred, _ = atlas_barriers(t1, brain, anatomy="template", csf_ventricles=False,
@@ -87,15 +87,6 @@ def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
         m = np.mean(r, axis=0)
         print(f"{'mean':>6} {method:>12} {m[0]:10.3f} {m[1]:10.3f} {'':>13} {_pair(m[2:4])} "
               f"{_pair(m[4:6])} {m[6]:7.1f} {m[7]:7.1f}")
-
-
-def _head(head) -> tuple:
-    """(image, brain mask, true ventricles) of an OASIS head, as ``ventricles.examples`` takes them."""
-    from brainbarriers.barriers.multiatlas import VENTRICLES, structures_from_neuromorphometrics
-
-    t1, labels = head
-    return (t1, t1.with_array((t1.array > 0).astype(np.uint8)),
-            structures_from_neuromorphometrics(labels.array) == VENTRICLES)
 
 
 def _pair(shares) -> str:

@@ -16,16 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
-
 from brainbarriers.barriers import ventricles
-from brainbarriers.barriers.multiatlas import (
-    ATLAS_SUBJECTS,
-    VENTRICLES,
-    atlas_folder,
-    load_atlases,
-    structures_from_neuromorphometrics,
-)
+from brainbarriers.barriers.multiatlas import ATLAS_SUBJECTS, atlas_folder, load_atlases
 from brainbarriers.io import load_volume
 
 
@@ -40,9 +32,8 @@ def main() -> None:
     for name in ATLAS_SUBJECTS:
         folder = Path(args.data) / name
         t1, labels = load_volume(folder / f"{name}_SS.nii.gz"), load_volume(folder / f"{name}_glm.nii.gz")
-        truth = structures_from_neuromorphometrics(labels.array) == VENTRICLES
         others = tuple(atlases[o] for o in ATLAS_SUBJECTS if o != name)
-        pairs += ventricles.examples(t1, t1.with_array((t1.array > 0).astype(np.uint8)), truth, others)
+        pairs += ventricles.examples(t1, labels, others)
         print(f"{name}: {sum(len(x) for x, _ in pairs)} voxels so far", flush=True)
     classifier = ventricles.train(pairs, seed=args.seed)
     record = {

@@ -176,15 +176,17 @@ def priors(image, brain_mask, atlases) -> list[np.ndarray]:
     return singles + ([np.mean(singles, axis=0)] if len(singles) > 1 else [])
 
 
-def examples(image, brain_mask, truth: np.ndarray, atlases) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Training pairs (features, is-ventricle) of a labelled head (``truth``: its ventricles), one
-    per prior of ``priors(image, brain_mask, atlases)``; ``atlases`` must not include the head."""
-    from .multiatlas import csf_refine
+def examples(t1, neuromorphometrics, atlases) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Training pairs (features, is-ventricle) of a labelled head - a skull-stripped T1 and its
+    Neuromorphometrics labels, as the OASIS heads come - one per prior of ``priors``; ``atlases``
+    must not include the head."""
+    from .multiatlas import VENTRICLES, csf_refine, structures_from_neuromorphometrics
 
-    brain = brain_mask.array > 0
+    truth = structures_from_neuromorphometrics(neuromorphometrics.array) == VENTRICLES
+    brain = t1.array > 0
     out = []
-    for prob in priors(image, brain_mask, atlases):
-        refined, _ = csf_refine(image.array, brain, prob, image.spacing)
-        candidates, x = features(image.array, brain, prob, refined & brain, image.spacing)
+    for prob in priors(t1, t1.with_array(brain.astype(np.uint8)), atlases):
+        refined, _ = csf_refine(t1.array, brain, prob, t1.spacing)
+        candidates, x = features(t1.array, brain, prob, refined & brain, t1.spacing)
         out.append((x, truth[candidates]))
     return out
