@@ -332,14 +332,18 @@ def csf_refine(image: np.ndarray, brain: np.ndarray, prob: np.ndarray, spacing: 
         csf_like = values > max(midpoint, upper)
     allowed = (prob > reach) | (ndi.distance_transform_edt(prob <= 0.5, sampling=spacing) <= grow_mm)
     candidate = allowed & brain & csf_like
-    seeds = candidate & fused
-    lab, n = ndi.label(candidate)
-    if n == 0:
+    if not candidate.any():
         return fused, "ventricles: no CSF-like voxel where the atlases put the ventricles; the atlas mask is kept"
+    return pieces_meeting(candidate, candidate & fused), None
+
+
+def pieces_meeting(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The connected pieces of ``mask`` that contain a voxel of ``seeds``."""
+    lab, n = ndi.label(mask)
     keep = np.zeros(n + 1, bool)
-    keep[np.unique(lab[seeds])] = True
+    keep[np.unique(lab[seeds & mask])] = True
     keep[0] = False
-    return keep[lab], None
+    return keep[lab]
 
 
 #: Below this Dice with the expected cerebellum, an atlas's registration is taken as failed (a

@@ -120,17 +120,13 @@ def classify(image: np.ndarray, brain: np.ndarray, prob: np.ndarray, refined: np
              spacing, classifier: Classifier) -> np.ndarray:
     """The ventricles: candidates the classifier gives more than one half, in the connected
     pieces that meet the CSF model's mask (no island away from the ventricles)."""
+    from .multiatlas import pieces_meeting
+
     candidates, x = features(image, brain, prob, refined, spacing)
     out = np.zeros(brain.shape, bool)
     if len(x):
         out[candidates] = classifier.probability(x) > 0.5
-    lab, n = ndi.label(out)
-    if n == 0:
-        return out
-    keep = np.zeros(n + 1, bool)
-    keep[np.unique(lab[out & refined])] = True
-    keep[0] = False
-    return keep[lab]
+    return pieces_meeting(out, refined)
 
 
 def train(examples: list[tuple[np.ndarray, np.ndarray]], *, seed: int = 0,
