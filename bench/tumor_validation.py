@@ -75,6 +75,8 @@ def main() -> int:
                     help="sequence subsets for the first package, e.g. t1ce+flair flair")
     ap.add_argument("--snap", action="store_true",
                     help="also score the first package's labels snapped to the supervoxels")
+    ap.add_argument("--overlap", type=float, default=None,
+                    help="sliding-window overlap (default: the tumour step's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     args = ap.parse_args()
@@ -84,6 +86,7 @@ def main() -> int:
     packages = {n: load_package(n) for n in names}
     folders = [Path(c) for c in args.cases] if args.cases else held_out_cases(packages[names[0]])
     subsets = [tuple(s.split("+")) for s in args.subsets]
+    overlap = {} if args.overlap is None else {"overlap": args.overlap}
     rows = []
     for folder in folders:
         case = find_cases(folder)[0]
@@ -97,7 +100,7 @@ def main() -> int:
                 t = time.perf_counter()
                 pred = segment({s: vols[s] for s in given}, mask, _subset_view(pkg, given),
                                tta=not args.no_tta, min_component_ml=0.0, focus_core_ml=0.0,
-                               nets=nets)
+                               nets=nets, **overlap)
                 seconds = time.perf_counter() - t
                 rows.append({"case": case["id"], "package": name, "post": 0.0,
                              "sequences": "+".join(given), "network": key or "all folds",

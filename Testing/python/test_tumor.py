@@ -303,10 +303,11 @@ def test_with_flips_the_run_writes_where_the_passes_disagree(small_case_dir, tmp
     images = {s: load_volume(inputs[s]) for s in SEQ}
     plain = segment(images, mask, load_package("demo-hnfnetv2-phantom"), tta=True, flips=2)
     assert np.array_equal(plain.array, load_volume(outputs["tumor"], allow_empty=True).array)
-    with pytest.raises(InputError, match="tta_flips"):
-        PipelineRun(inputs, tmp_path / "bad", [standin_skullstrip(
-            small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",
-            options={"tumor": {"tta_flips": "many", "model": "demo-hnfnetv2-phantom"}}).run()
+    for option, value in (("tta_flips", "many"), ("overlap", "1"), ("overlap", "half")):
+        with pytest.raises(InputError, match=f"tumor.{option}"):
+            PipelineRun(inputs, tmp_path / f"bad-{option}-{value}", [standin_skullstrip(
+                small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",
+                options={"tumor": {option: value, "model": "demo-hnfnetv2-phantom"}}).run()
 
 
 @pytest.mark.parametrize("seed", [11])

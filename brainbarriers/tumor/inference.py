@@ -48,6 +48,10 @@ from .preprocess import brain_box, labels_from_regions, normalise
 
 FLIPS = [f for n in range(4) for f in itertools.combinations((2, 3, 4), n)]  # identity + 7 flips
 DEFAULT_SMALL_ET_ML = 0.2
+# Sliding-window overlap. With the CPU models' 64^3 windows at 2 mm, 0.4 keeps two windows per axis
+# for brain boxes up to 204 mm where 0.5 needs three beyond 192 mm (a third less work on a long
+# brain); on the 16 cross-validated cases Dice was the same to within 0.001 (README).
+DEFAULT_OVERLAP = 0.4
 
 
 def _forward(net, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +72,7 @@ def network_passes(n_nets: int, tta: bool, flips: int = len(FLIPS)) -> list[tupl
 
 
 def predict_array(nets: Sequence[torch.nn.Module], x: torch.Tensor, *, roi: Sequence[int],
-                  head: str = "regions", tta: bool = True, overlap: float = 0.5,
+                  head: str = "regions", tta: bool = True, overlap: float = DEFAULT_OVERLAP,
                   device: str = "cpu", sw_batch: int = 4,
                   progress: Callable[[float, str], None] | None = None,
                   spread: bool = False, flips: int = len(FLIPS)
@@ -77,8 +81,8 @@ def predict_array(nets: Sequence[torch.nn.Module], x: torch.Tensor, *, roi: Sequ
     passes (``network_passes``); with ``spread`` also their disagreement (spatial, 0..1: twice the
     largest standard deviation over the K channels).
 
-    Windows go through the network ``sw_batch`` at a time: on CPU a small network runs about 3x
-    faster per window in batches of 4 than one by one.
+    Windows go through the network ``sw_batch`` at a time: on 2 CPU cores the CPU model runs
+    about 1.4x faster per window in batches of 2 to 4 than one by one.
     """
     from monai.inferers import sliding_window_inference
 
@@ -249,7 +253,7 @@ def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPac
              spread: bool, tta: bool = True, device: str = "cpu",
              small_et_ml: float | None = None, min_component_ml: float | None = None,
              focus_core_ml: float | None = None,
-             overlap: float = 0.5, flips: int = len(FLIPS),
+             overlap: float = DEFAULT_OVERLAP, flips: int = len(FLIPS),
              nets: Sequence[torch.nn.Module] | None = None,
              progress: Callable[[float, str], None] | None = None
              ) -> Segmentation:

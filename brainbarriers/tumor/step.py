@@ -22,7 +22,7 @@ Options (``--set tumor.KEY=VALUE``):
 - ``focus_core_ml`` (the package's value, else 0): only the main tumour is kept - the largest
   component and other foci with at least this much tumour core (ml); 0 keeps every component,
   ``inf`` the largest only. Each component cleared is named in a warning (volume, centre in RAS);
-- ``overlap`` (0.5): sliding-window overlap;
+- ``overlap`` (0.4): sliding-window overlap (``inference.DEFAULT_OVERLAP``);
 - ``refine_supervoxels`` (false): snap the labels to merged supervoxels
   (``brainbarriers.supervoxels.snap.snap_to_supervoxels``), computed here from the sequences given
   with the supervoxel step's defaults (that step runs after this one: its merging follows the
@@ -66,7 +66,7 @@ def subset_model_for(package, used: list[str]) -> str | None:
 
 
 def run(ctx: StepContext) -> dict[str, Volume]:
-    from .inference import FLIPS, network_passes, segment_with_uncertainty
+    from .inference import DEFAULT_OVERLAP, FLIPS, network_passes, segment_with_uncertainty
 
     opts = ctx.options
     package = load_package(opts.get("model", DEFAULT_MODEL))
@@ -110,12 +110,19 @@ def run(ctx: StepContext) -> dict[str, Volume]:
     except ValueError:
         raise InputError(None, f"tumor.tta_flips={opts['tta_flips']!r}: give a number from 1 to "
                          f"{len(FLIPS)}") from None
+    try:
+        overlap = float(opts.get("overlap", DEFAULT_OVERLAP))
+    except ValueError:
+        overlap = -1.0
+    if not 0 <= overlap < 1:
+        raise InputError(None, f"tumor.overlap={opts['overlap']!r}: give a fraction from 0 to "
+                         "below 1 (how much neighbouring windows share)")
     result = segment_with_uncertainty(
         images, ctx.get("brain_mask"), package, tta=tta, device=ctx.device,
         small_et_ml=_ml_option(opts, "small_et_ml"),
         min_component_ml=_ml_option(opts, "min_component_ml"),
         focus_core_ml=_ml_option(opts, "focus_core_ml"),
-        overlap=float(opts.get("overlap", 0.5)), flips=flips,
+        overlap=overlap, flips=flips,
         progress=lambda f, m: ctx.progress(0.95 * f, m))
     labels = result.labels
     for c in result.cleared:
