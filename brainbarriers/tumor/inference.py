@@ -8,7 +8,8 @@
    (``normalisation.kind`` "brain-zscore"), or, for MONAI bundles, z-scored over its non-zero voxels
    (``"nonzero-zscore"``, MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``);
 3. the volume is cropped to the brain's box; MONAI's ``sliding_window_inference`` with Gaussian
-   blending over windows of the package's ``patch_size``;
+   blending over windows of the package's ``patch_size`` sharing ``overlap`` of their width
+   (``DEFAULT_OVERLAP``);
 4. test-time augmentation (``tta``): the identity and the 7 flips over the three axes, or the first
    ``flips`` of these eight (identity, single-axis flips, then pairs, then all three);
 5. every weights key of the package (its folds) is run and the probabilities averaged. With TTA and
