@@ -303,7 +303,8 @@ def test_with_flips_the_run_writes_where_the_passes_disagree(small_case_dir, tmp
     images = {s: load_volume(inputs[s]) for s in SEQ}
     plain = segment(images, mask, load_package("demo-hnfnetv2-phantom"), tta=True, flips=2)
     assert np.array_equal(plain.array, load_volume(outputs["tumor"], allow_empty=True).array)
-    for option, value in (("tta_flips", "many"), ("overlap", "1"), ("overlap", "half")):
+    for option, value in (("tta_flips", "many"), ("overlap", "1"), ("overlap", "half"),
+                          ("overlap", None)):
         with pytest.raises(InputError, match=f"tumor.{option}"):
             PipelineRun(inputs, tmp_path / f"bad-{option}-{value}", [standin_skullstrip(
                 small_case_dir / "brain_mask_truth.nii.gz"), STEP], device="cpu",

@@ -112,7 +112,7 @@ def run(ctx: StepContext) -> dict[str, Volume]:
                          f"{len(FLIPS)}") from None
     try:
         overlap = float(opts.get("overlap", DEFAULT_OVERLAP))
-    except ValueError:
+    except (TypeError, ValueError):  # not a number (JSON null, a list, a word)
         overlap = -1.0
     if not 0 <= overlap < 1:
         raise InputError(None, f"tumor.overlap={opts['overlap']!r}: give a fraction from 0 to "
