@@ -608,6 +608,10 @@ def test_configurations_and_schedule():
     cpu = resolve_config(parser.parse_args(["--data", "d", "--out", "o", "--config", "cpu",
                                             "--iterations", "7", "--base", "8"]), 12)
     assert cpu["iterations"] == 7 and cpu["net"]["widths"] == [8, 16, 32, 64] and "note" in cpu
+    assert "augmentation" not in cpu  # the paper's augmentation unless asked
+    strong = resolve_config(parser.parse_args(["--data", "d", "--out", "o", "--config", "cpu",
+                                               "--augmentation", "strong"]), 12)
+    assert strong["augmentation"] == "strong"
     # Linear warm-up to the full rate, then polynomial decay to zero.
     assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(9, 10, 100) == 1.0
     assert lr_factor(55, 10, 100) == pytest.approx(0.5 ** 0.9) and lr_factor(100, 10, 100) == 0.0
@@ -771,6 +775,29 @@ def test_modality_dropout_keeps_a_non_empty_subset_and_leaves_runs_without_it_un
     kept = [tuple(c for c in range(4) if s["image"][c].any()) for s in dropped]
     assert all(k in PARTIAL_SUBSETS for k in kept) and len(set(kept)) > 1
     assert all(data[i]["image"].all() for i in range(3))
+
+
+def test_strong_augmentation_is_seeded_keeps_soft_targets_and_differs_from_the_paper_s():
+    from brainbarriers.errors import InputError
+    from brainbarriers.tumor.train import sample_batch, transforms
+
+    rng = np.random.default_rng(0)
+    image = np.zeros((4, 40, 44, 36), np.float32)
+    image[:, 4:36, 4:40, 4:32] = rng.normal(size=(4, 32, 36, 28))
+    label = np.zeros((3, 40, 44, 36), np.float32)
+    label[:, 14:26, 16:28, 12:24] = 1
+    data = [{"image": image, "label": label}]
+    strong, paper = transforms((32, 32, 32), "regions", "strong"), transforms((32, 32, 32), "regions")
+    runs = [[sample_batch(data, tf, 2, 0, 0, it, 0) for it in range(12)]
+            for tf in (strong, strong, paper)]
+    flat = [np.concatenate([np.ravel(s["image"]) for batch in run for s in batch]) for run in runs]
+    assert np.array_equal(flat[0], flat[1])  # same seed, same samples
+    assert not np.array_equal(flat[0], flat[2])
+    labels = np.stack([s["label"].numpy() for batch in runs[0] for s in batch])
+    assert labels.shape[1:] == (3, 32, 32, 32) and labels.min() >= 0 and labels.max() <= 1 + 1e-5
+    assert (labels > 0.5).any()  # the foreground-biased crops still find the tumour
+    with pytest.raises(InputError, match="--augmentation 'heavy'"):
+        transforms((32, 32, 32), "regions", "heavy")
 
 
 def test_dropout_subsets_keep_only_the_named_subsets():

@@ -18,7 +18,8 @@
   trains on 2 CPU cores in about two hours and says so in its manifest. Any option given on the
   command line overrides the configuration's value.
 - Augmentation (HNF-Netv2 paper): foreground-biased random crops, flips on the three axes, rotations
-  up to 10 degrees, per-channel intensity shift (+-0.1) and scale (x 0.9-1.1).
+  up to 10 degrees, per-channel intensity shift (+-0.1) and scale (x 0.9-1.1). ``--augmentation
+  strong`` adds nnU-Net's kinds (larger rotations, scaling, noise, blur, brightness, gamma).
 - Prepared cases (``--prepare``): the cases pre-processed as above at the configuration's voxel size,
   written to ``OUT/prepared`` (``prepared.json`` and one float16 ``.npz`` per case) so that training
   can run where the original files are not, as nnU-Net trains from its pre-processed folder:
@@ -248,16 +249,35 @@ def load_prepared(case: dict, head: str, spacing: float | None) -> dict:
     return {"image": image, "label": label, "id": case["id"]}
 
 
-def transforms(patch: tuple[int, int, int], head: str):
-    """The HNF-Netv2 paper's online augmentation (see the module docstring)."""
+AUGMENTATIONS = ("paper", "strong")
+
+
+def transforms(patch: tuple[int, int, int], head: str, augmentation: str = "paper"):
+    """The HNF-Netv2 paper's online augmentation (see the module docstring); ``strong`` adds
+    nnU-Net's kinds before it, for training on few cases: rotation up to 30 degrees and scaling
+    x 0.7-1.3 (together, probability 0.3), Gaussian noise (0.1) and blur (0.2), brightness
+    x 0.75-1.25 (0.15) and gamma 0.7-1.5 (0.3)."""
     from monai import transforms as T
 
+    if augmentation not in AUGMENTATIONS:
+        raise InputError(None, f"--augmentation {augmentation!r}: one of {', '.join(AUGMENTATIONS)}")
     keys = ["image", "label"]
     label_mode = "bilinear" if head == "regions" else "nearest"  # soft region targets stay soft
+    strong = [
+        T.RandAffined(keys, prob=0.3, rotate_range=(0.52, 0.52, 0.52),
+                      scale_range=(0.3, 0.3, 0.3), mode=("bilinear", label_mode),
+                      padding_mode="zeros"),
+        T.RandGaussianNoised("image", prob=0.1, std=0.1),
+        T.RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0),
+                              sigma_z=(0.5, 1.0)),
+        T.RandScaleIntensityd("image", factors=0.25, prob=0.15),
+        T.RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
+    ] if augmentation == "strong" else []
     return T.Compose([
         T.SpatialPadd(keys, spatial_size=patch),
         T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=2, neg=1,
                                  num_samples=1, image_key="image", image_threshold=-1e9),
+        *strong,
         T.RandFlipd(keys, prob=0.5, spatial_axis=0),
         T.RandFlipd(keys, prob=0.5, spatial_axis=1),
         T.RandFlipd(keys, prob=0.5, spatial_axis=2),
@@ -323,6 +343,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout-subsets", nargs="+", default=None, metavar="SUBSET",
                    help="the subsets that modality dropout keeps, e.g. t1+flair flair (default: "
                         "all 14 non-empty proper subsets, uniformly)")
+    p.add_argument("--augmentation", default=None, choices=AUGMENTATIONS,
+                   help="the paper's augmentation (default) or 'strong': nnU-Net's kinds added "
+                        "(rotation, scaling, noise, blur, brightness, gamma), for few cases")
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this model package's weights (same architecture; "
                         "its fold of the same number, so held-out cases stay unseen)")
@@ -352,7 +375,7 @@ def resolve_config(args: argparse.Namespace, n_train: int) -> dict:
         cfg["net"] = {"base": b} if args.arch != "hnfnetv2" else {
             **cfg["net"], "base": b, "widths": [b, b * 2, b * 4, b * 8], "ema_channels": b * 8}
     for key in ("batch_size", "patch", "spacing", "lr", "weight_decay", "warmup_epochs", "val_every",
-                "modality_dropout"):
+                "modality_dropout", "augmentation"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     if args.dropout_subsets is not None:
@@ -512,7 +535,7 @@ def train_fold(args, cfg: dict, cases: list[dict], fold: int, device: str, rank:
         print(f"fold {fold}: {len(tr)} training, {len(val)} validation cases loaded in "
               f"{time.time() - t_load:.0f} s", flush=True)
     patch = tuple(int(p) for p in cfg["patch"])
-    tf = transforms(patch, args.head)
+    tf = transforms(patch, args.head, cfg.get("augmentation", "paper"))
     torch.manual_seed(args.seed + fold)
     net, params = build_net(args.arch, cfg["net"], args.head)
     if getattr(args, "init", None):
