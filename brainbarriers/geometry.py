@@ -52,9 +52,11 @@ def reorient_to(volume: Volume, grid: Grid) -> Volume:
     return Volume(array, grid.affine, source=volume.source)
 
 
-def resample_to(volume: Volume, grid: Grid, *, label: bool = False, default: float = 0.0) -> Volume:
-    """Resample onto another grid in world space (linear for images, nearest for label maps)."""
-    if volume.grid.same_as(grid):
+def resample_to(volume: Volume, grid: Grid, *, label: bool = False, default: float = 0.0,
+                transform=None) -> Volume:
+    """Resample onto another grid in world space (linear for images, nearest for label maps);
+    ``transform`` (a SimpleITK transform from ``grid``'s LPS points into ``volume``'s) moves it too."""
+    if volume.grid.same_as(grid) and transform is None:
         return volume
     import SimpleITK as sitk  # here, not at the top: it costs ~100 MB and one-grid runs never resample
 
@@ -68,7 +70,8 @@ def resample_to(volume: Volume, grid: Grid, *, label: bool = False, default: flo
     if not label and image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         image = sitk.Cast(image, sitk.sitkFloat32)
     interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
-    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, default, image.GetPixelID())
+    out = sitk.Resample(image, reference, transform or sitk.Transform(), interpolator, default,
+                        image.GetPixelID())
     array = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
     assert np.allclose(affine_from_sitk(out), grid.affine, atol=1e-3)
     return Volume(np.ascontiguousarray(array), grid.affine, source=volume.source)

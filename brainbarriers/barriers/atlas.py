@@ -56,7 +56,6 @@ the share of the falx interface covered from 0.77-0.82 to 0.86-0.87 and the tent
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -64,6 +63,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from ..io import load_volume, to_sitk
+from ..registration import mattes_method, one_thread, shrunk
 from ..volume import Volume
 from . import STRUCTURES
 from .multiatlas import CEREBELLUM, VENTRICLES
@@ -184,43 +184,6 @@ def load_template() -> tuple[Volume, Volume, Volume]:
 
 
 # ---------------------------------------------------------------------------------- registration
-def _shrunk(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
-    if max(factors) == 1:  # already that coarse: smoothing would only blur it past its atlas
-        return image
-    smoothed = sitk.SmoothingRecursiveGaussian(image, [0.5 * f * s for f, s in zip(factors, image.GetSpacing())])
-    return sitk.Shrink(smoothed, factors)
-
-
-@contextmanager
-def one_thread():
-    """SimpleITK on one thread inside. ITK adds its threads' partial Mattes histograms in whatever
-    order its thread pool finishes them, so on two threads the same registration gives transforms
-    about 1e-5 mm apart from call to call, and now and then a different voxel label (measured;
-    ``SetNumberOfThreads`` on the method does not reach the metric). On one thread it is the same
-    every time; ``register`` runs inside."""
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
-def _method(iterations: int, shrink: list[int], sigmas: list[float]) -> sitk.ImageRegistrationMethod:
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.15, seed=1)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel(sigmas)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=iterations, relaxationFactor=0.6)
-    return reg
-
-
 #: Share of the voxels the B-spline step's metric samples (at a fixed seed). 0.10 rather than 0.25
 #: since the registration runs on one thread (``one_thread``): the template stage's registration of
 #: the demo case took 19.4 s on one thread against 25.4 s at 0.25 on two (and 63-64 s at 0.25 on
@@ -241,17 +204,17 @@ def register(fixed: sitk.Image, moving: sitk.Image, *, deformable: bool = True, 
 
 def _register(fixed: sitk.Image, moving: sitk.Image, deformable: bool, shrink: int,
               iterations: int) -> sitk.Transform:
-    fixed = _shrunk(fixed, 2.0)
-    moving = _shrunk(moving, 2.0)
+    fixed = shrunk(fixed, 2.0)
+    moving = shrunk(moving, 2.0)
     init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                              sitk.CenteredTransformInitializerFilter.MOMENTS)
     levels = [shrink * 2, shrink] if shrink > 1 else [2, 1]
     sigmas = [float(f) for f in levels]
-    reg = _method(iterations, levels, sigmas)
+    reg = mattes_method(iterations, levels, sigmas)
     reg.SetInitialTransform(init, inPlace=False)
     rigid = reg.Execute(fixed, moving)
     composite = sitk.CompositeTransform([rigid])
-    reg = _method(iterations, levels, sigmas)
+    reg = mattes_method(iterations, levels, sigmas)
     reg.SetMovingInitialTransform(composite)
     reg.SetInitialTransform(sitk.AffineTransform(3), inPlace=False)
     affine = reg.Execute(fixed, moving)

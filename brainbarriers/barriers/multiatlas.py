@@ -145,9 +145,9 @@ def make_atlas(name: str, t1: Volume, neuromorphometrics: Volume, *, t1_spacing_
         raise ValueError(f"atlas {name}: the T1 is empty (expected a skull-stripped T1)")
     image = t1.array.astype(np.float32)
     image = np.clip(image / np.percentile(image[brain], 99.5) * 255.0, 0, 255)
-    from .atlas import _shrunk  # the registration's own downsampling
+    from ..registration import shrunk  # the registration's own downsampling
 
-    small = _shrunk(to_sitk(t1.with_array(image.astype(np.float32))), t1_spacing_mm)
+    small = shrunk(to_sitk(t1.with_array(image.astype(np.float32))), t1_spacing_mm)
     from ..io import _from_sitk
 
     t1_small = _from_sitk(small, Path(f"atlas {name}"))
@@ -378,7 +378,8 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
     ``ventricles.Classifier``; "shipped": the one learnt from the OASIS heads; None: the CSF model
     alone) on top of the CSF model, on grids of about 1 mm (``ventricles.suits``; elsewhere by
     the CSF model alone); else they are the fused probability above 0.5."""
-    from .atlas import _shrunk, _skull_stripped
+    from ..registration import shrunk
+    from .atlas import _skull_stripped
 
     if not image.grid.same_as(brain_mask.grid, atol=1e-3):
         raise ValueError("multi-atlas: the brain mask is not on the image's grid")
@@ -391,7 +392,7 @@ def multiatlas_structures(image: Volume, brain_mask: Volume, *, atlases: tuple[A
     box = _brain_box(brain, 3)
     sub_image, sub_brain = _sub_volume(image, box), brain[box]
     fixed = _skull_stripped(sub_image, sub_brain)
-    fixed_small = _shrunk(fixed, 2.0)
+    fixed_small = shrunk(fixed, 2.0)
     reference = to_sitk(_sub_volume(image, box, np.zeros(sub_brain.shape, np.float32)))
     expected = None if expected_cerebellum is None else np.asarray(expected_cerebellum, bool)[box]
     probs, warnings = [], []

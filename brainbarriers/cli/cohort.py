@@ -74,6 +74,7 @@ def _run(args: argparse.Namespace) -> int:
                        retries=args.retries, gpu=args.gpu, dashboard=args.dashboard)
     report = json_lines if args.json_progress else CohortProgress(len(cases))
     result = run_cohort(cases, args.out, steps, options=options, reference=args.reference,
+                        coregister=args.coregister,
                         device=args.device, cluster=spec, on_event=report)
     return 1 if result.counts.get("failed") else 0
 
@@ -91,6 +92,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="cohort folder (created if needed)")
     p.add_argument("--reference", choices=("t1", "t1ce", "t2", "flair", "ct"), default=None,
                    help="sequence whose grid each case's outputs use (default: t1ce if given)")
+    p.add_argument("--coregister", choices=("auto", "always", "never"), default="auto",
+                   help="rigid co-registration of each case's sequences to its reference (as in "
+                   "`brainbarriers run`)")
     add_run_arguments(p, inputs=False)
     dask = p.add_argument_group("Dask")
     dask.add_argument("--scheduler", metavar="ADDRESS",

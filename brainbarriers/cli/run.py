@@ -19,6 +19,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, inputs: bool = True) -
                                 help=f"{s.upper()} image (NIfTI, NRRD, MHA or a DICOM folder)")
         parser.add_argument("--reference", choices=SEQUENCES, default=None,
                             help="sequence whose grid the outputs use (default: t1ce if given)")
+        parser.add_argument("--coregister", choices=("auto", "always", "never"), default="auto",
+                            help="rigid co-registration of the other sequences to the reference "
+                            "(mutual information): auto (default) moves a sequence when the move "
+                            "found exceeds 1 mm or 1 degree, always applies any move found, never "
+                            "trusts the headers' alignment")
     parser.add_argument("--steps", default=None,
                         help="comma-separated steps to run (their dependencies are added); "
                         "default: all")
@@ -61,6 +66,7 @@ def execute(inputs: dict, out: Path, args: argparse.Namespace, *, extra_options=
         for step, values in (extra_options or {}).items():
             options.setdefault(step, {}).update(values)
         run = PipelineRun(inputs, out, steps, reference=getattr(args, "reference", None),
+                          coregister=getattr(args, "coregister", "auto"),
                           device=args.device, options=options, on_event=reporter, cancel=token)
         run.run()
         return 0

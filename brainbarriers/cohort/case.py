@@ -28,7 +28,7 @@ NETWORK_STEPS = frozenset({"skullstrip", "tumor", "barriers"})
 def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
              reference: str | None = None, device: str = "auto",
              cancel_event: str | None = None, topic: str = PROGRESS_TOPIC,
-             gpu_turns: bool = False) -> dict:
+             gpu_turns: bool = False, coregister: str = "auto") -> dict:
     """Run ``steps`` on ``case`` into ``out``; never raises for the case's own failures (bad input,
     a crash in a step): they are the row's ``status`` and ``error``. A killed worker is Dask's to
     retry. ``cancel_event``: the name of a ``distributed.Event`` that, once set, stops the run at
@@ -49,8 +49,9 @@ def run_case(case: Case, out: str, steps: list[Step], options: dict[str, dict],
             raise InputError(None, "; ".join(case.problems))
         if gpu_turns:
             steps = take_gpu_turns(steps)
-        run = PipelineRun(case.inputs, out, steps, reference=reference, device=device,
-                          options=options, on_event=_forward(case.id, topic), cancel=token)
+        run = PipelineRun(case.inputs, out, steps, reference=reference, coregister=coregister,
+                          device=device, options=options, on_event=_forward(case.id, topic),
+                          cancel=token)
         ran = True
         run.run()
         row["status"] = "done"

@@ -93,7 +93,7 @@ def finished_row(case: Case, out: Path, steps: list[Step], options: dict[str, di
 
 def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
                options: dict[str, dict] | None = None, reference: str | None = None,
-               device: str = "auto", cluster: ClusterSpec | None = None,
+               coregister: str = "auto", device: str = "auto", cluster: ClusterSpec | None = None,
                on_event: Callable[[dict], None] | None = None) -> CohortResult:
     """Run every case not already finished; write the table (also when cancelled: Ctrl-C cancels
     the tasks, closes the cluster, writes what is known and raises Cancelled)."""
@@ -144,7 +144,7 @@ def run_cohort(cases: list[Case], out: str | Path, steps: list[Step], *,
             client.subscribe_topic(topic, lambda item: emit(item[1]))
             futures = {
                 client.submit(run_case, case, str(out / case.id), steps, options, reference,
-                              device, cancel_name, topic, cluster.gpu, pure=False,
+                              device, cancel_name, topic, cluster.gpu, coregister=coregister, pure=False,
                               key=f"case-{case.id}-{uuid.uuid4().hex[:8]}"): case
                 for case in todo
             }

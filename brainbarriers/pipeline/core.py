@@ -40,6 +40,10 @@ from ..volume import Grid, Volume
 
 SEQUENCES = ("t1", "t1ce", "t2", "flair", "ct")
 SEQUENCE_FLAGS = {s: f"--{s}" for s in SEQUENCES}
+#: Rigid co-registration of the other sequences to the reference: "auto" applies a move found
+#: above the registration's own error (``registration.MIN_SHIFT_MM``), "always" any move found,
+#: "never" trusts the headers' alignment.
+COREGISTER = ("auto", "always", "never")
 
 # Products written to the run folder under fixed names, on the user's reference grid.
 FINAL_OUTPUTS = {
@@ -223,6 +227,7 @@ class PipelineRun:
         steps: list[Step],
         *,
         reference: str | None = None,
+        coregister: str = "auto",
         device: str = "auto",
         options: Mapping[str, dict] | None = None,
         on_event: Callable[[ProgressEvent], None] | None = None,
@@ -248,6 +253,10 @@ class PipelineRun:
             raise InputError(None, "no input sequence given (use --t1, --t1ce, --t2, --flair, --ct)")
         self._check_plan()
         self.reference = self._choose_reference(reference)
+        if coregister not in COREGISTER:
+            raise InputError(None, f"--coregister {coregister!r}: expected one of {', '.join(COREGISTER)}")
+        self.coregister = coregister
+        self.coregistration: dict[str, dict] = {}
         self.device = resolve_device(device)
         check_output_folder(self.out)
         self.volumes = self._load_inputs()
@@ -326,17 +335,54 @@ class PipelineRun:
     def _prepare_sequences(self) -> None:
         ref = self.volumes[self.reference]
         self.input_sha256 = {name: sha256_file(path) for name, path in self.given.items()}
+        self.coregistration = {}
         for name, volume in self.volumes.items():
+            coregister = name != self.reference and self.coregister != "never"
             key = _hash({"file": self.input_sha256[name], "grid": self.grid.affine.tolist(),
-                         "shape": self.grid.shape})
+                         "shape": self.grid.shape,
+                         **({"coregister": self.coregister,
+                             "to": self.input_sha256[self.reference]} if coregister else {})})
+            self.cancel.check()
+            transform = self._coregistration(name, volume, ref) if coregister else None
             if not volume.grid.same_as(ref.grid):
                 self.warn(
                     f"{name} ({self.given[name]}) is on another grid ({volume.grid.describe()}) than "
                     f"the reference {self.reference} ({ref.grid.describe()}); resampled to it"
                 )
-                volume = resample_to(volume, ref.grid)
+            volume = resample_to(volume, ref.grid, transform=transform)
             self._cache[name] = to_canonical(volume.with_array(volume.array.astype(np.float32)))
             self._product_keys[name] = key
+
+    def _coregistration(self, name: str, volume: Volume, ref: Volume):
+        """The rigid move that puts ``volume`` on the reference (a SimpleITK transform), or None
+        where the headers' alignment is kept: a move within the registration's own error (mode
+        "auto"), or one too large for a patient within one session (a failed registration)."""
+        from .. import registration as reg  # here: SimpleITK costs ~100 MB (see resample_to)
+
+        try:
+            transform = reg.rigid_coregister(ref, volume)
+        except RuntimeError as e:  # ITK's own failures (e.g. no overlap left to sample)
+            self.warn(f"{name} ({self.given[name]}): co-registration to the reference "
+                      f"{self.reference} failed ({str(e).strip().splitlines()[-1]}); the headers' "
+                      "alignment is kept")
+            return None
+        shift, angle = reg.rigid_motion(transform)
+        implausible = shift > reg.MAX_SHIFT_MM or angle > reg.MAX_ROTATION_DEG
+        small = shift <= reg.MIN_SHIFT_MM and angle <= reg.MIN_ROTATION_DEG
+        applied = not implausible and not (small and self.coregister == "auto")
+        self.coregistration[name] = {
+            "to": self.reference, "shift_mm": round(shift, 3), "rotation_deg": round(angle, 3),
+            "applied": applied, "center_lps": [round(c, 4) for c in transform.GetCenter()],
+            "euler3d_lps": [round(p, 6) for p in transform.GetParameters()]}
+        move = f"{shift:.1f} mm and {angle:.1f} degrees"
+        if implausible:
+            self.warn(f"{name} ({self.given[name]}): co-registration to the reference {self.reference} "
+                      f"found a move of {move}, more than a patient moves within one session; the "
+                      "headers' alignment is kept: check that it is this patient's and its header")
+        elif applied:
+            self.warn(f"{name} ({self.given[name]}) rigidly co-registered to the reference "
+                      f"{self.reference}: moved {move}")
+        return transform if applied else None
 
     def _previous_manifest(self) -> dict:
         try:
@@ -485,6 +531,8 @@ class PipelineRun:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": self.device,
             "reference": self.reference,
+            "coregister": self.coregister,
+            "coregistration": self.coregistration,
             "reference_grid": {"shape": list(self.user_grid.shape),
                                "affine": np.round(self.user_grid.affine, 6).tolist()},
             "inputs": {
