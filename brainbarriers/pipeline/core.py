@@ -342,13 +342,13 @@ class PipelineRun:
                          "shape": self.grid.shape,
                          **({"coregister": self.coregister,
                              "to": self.input_sha256[self.reference]} if coregister else {})})
-            self.cancel.check()
-            transform = self._coregistration(name, volume, ref) if coregister else None
             if not volume.grid.same_as(ref.grid):
                 self.warn(
                     f"{name} ({self.given[name]}) is on another grid ({volume.grid.describe()}) than "
                     f"the reference {self.reference} ({ref.grid.describe()}); resampled to it"
                 )
+            self.cancel.check()
+            transform = self._coregistration(name, volume, ref) if coregister else None
             volume = resample_to(volume, ref.grid, transform=transform)
             self._cache[name] = to_canonical(volume.with_array(volume.array.astype(np.float32)))
             self._product_keys[name] = key
