@@ -66,7 +66,7 @@ def test_aligned_brats_sequences_come_out_within_the_registrations_own_error():
     t1ce = load_volume(f"{BRATS}t1ce.nii.gz")
     for name in ("t1", "t2", "flair"):
         shift, angle = rigid_motion(rigid_coregister(t1ce, load_volume(f"{BRATS}{name}.nii.gz")))
-        assert shift < 1.0 and angle < 1.0, (name, shift, angle)
+        assert shift < 1.0 and angle < 1.0, (name, shift, angle)  # auto moves from 1.5 on
 
 
 def test_the_raw_clinical_case_is_consistent_both_ways_and_through_a_third_sequence():

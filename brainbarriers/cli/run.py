@@ -22,7 +22,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, inputs: bool = True) -
         parser.add_argument("--coregister", choices=("auto", "always", "never"), default="auto",
                             help="rigid co-registration of the other sequences to the reference "
                             "(mutual information): auto (default) moves a sequence when the move "
-                            "found exceeds 1 mm or 1 degree, always applies any move found, never "
+                            "found exceeds 1.5 mm or 1.5 degrees, always applies any move found, never "
                             "trusts the headers' alignment")
     parser.add_argument("--steps", default=None,
                         help="comma-separated steps to run (their dependencies are added); "
