@@ -541,13 +541,15 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
 
     def run(self, t1=None, t1ce=None, t2=None, flair=None, ct=None, steps=None, device="auto",
             models=None, options=None, name="BrainBarriers", waitForCompletion=True,
-            timeout=None, onUpdate=None, keepFiles=False):
+            timeout=None, onUpdate=None, keepFiles=False, coregister="auto"):
         """Run the pipeline on volume nodes and import the results into the scene.
 
         steps: names among skullstrip, tumor, supervoxels, barriers, ctv (None: all); their
         prerequisites are added. device: "auto", "cpu" or "cuda". models: {step: value}, values
         from ``modelChoices(step)`` ("" for the step's default). options: {step: {key: value}}
-        (as ``--set step.key=value``).
+        (as ``--set step.key=value``). coregister: "auto", "always" or "never", as
+        ``brainbarriers run --coregister``; each sequence the run moves is put under a new linear
+        transform node ("<name> <sequence> to reference") so that it shows aligned with the results.
 
         With ``waitForCompletion`` (console, batch): blocks, returns {"segmentation": node,
         "supervoxels": node, ...} and raises RuntimeError (with the worker's log) on failure.
@@ -569,7 +571,7 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
             allOptions.setdefault(step, {}).update(values)
         inputs = {"t1": t1, "t1ce": t1ce, "t2": t2, "flair": flair, "ct": ct}
         self.job = PipelineJob(slicer.mrmlScene, inputs, steps=steps, device=device,
-                               options=allOptions, name=name, timeout=timeout,
+                               options=allOptions, coregister=coregister, name=name, timeout=timeout,
                                keep_files=keepFiles, on_update=onUpdate)
         self.job.start()
         if waitForCompletion:

@@ -88,3 +88,18 @@ def rigid_motion(transform: sitk.Euler3DTransform) -> tuple[float, float]:
     rotation = np.asarray(transform.GetMatrix(), float).reshape(3, 3)
     angle = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1.0) / 2.0, -1.0, 1.0)))
     return float(np.linalg.norm(transform.GetTranslation())), float(angle)
+
+
+def sequence_to_reference_ras(record: dict) -> np.ndarray:
+    """The 4x4 RAS matrix that carries a co-registered sequence onto its reference, from the run
+    manifest's ``coregistration`` record (whose Euler transform, in LPS, maps reference points to
+    the sequence's): what a viewer applies to the sequence to show it aligned with the results."""
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(record["center_lps"])
+    euler.SetParameters(record["euler3d_lps"])
+    reference_to_sequence = np.eye(4)
+    reference_to_sequence[:3, :3] = np.asarray(euler.GetMatrix()).reshape(3, 3)
+    centre = np.asarray(euler.GetCenter())
+    reference_to_sequence[:3, 3] = centre + np.asarray(euler.GetTranslation()) - reference_to_sequence[:3, :3] @ centre
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
+    return np.linalg.inv(lps @ reference_to_sequence @ lps)

@@ -6,6 +6,7 @@ console and batch mode, with ``wait``. On failure or cancel the scene is left as
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -73,7 +74,7 @@ class PipelineJob:
 
     def __init__(self, scene, inputs: Mapping[str, object], *, steps: Sequence[str] | None = None,
                  device: str = "auto", options: Mapping[str, Mapping[str, object]] | None = None,
-                 reference: str | None = None, name: str = "BrainBarriers",
+                 reference: str | None = None, coregister: str = "auto", name: str = "BrainBarriers",
                  timeout: float | None = None, python: Sequence[str] | None = None,
                  keep_files: bool = False, work_dir: str | Path | None = None,
                  on_update: Callable[[PipelineJob], None] | None = None):
@@ -92,6 +93,7 @@ class PipelineJob:
         self.reference_key = reference or next(s for s in ("t1ce", "t1", "t2", "flair", "ct")
                                                if s in self.inputs)
         self.reference_node = self.inputs[self.reference_key]
+        self.coregister = coregister
         self.name = name
         self.timeout = timeout
         self.python = list(python) if python else python_command()
@@ -121,7 +123,7 @@ class PipelineJob:
                                                        f"{sequence}.nii.gz")
             command = worker_command(self.python, files, self._temp / "run", steps=self.steps,
                                      device=self.device, options=self.options,
-                                     reference=self.reference_key)
+                                     reference=self.reference_key, coregister=self.coregister)
             self.client = WorkerClient(command, env=worker_environment(self.device),
                                        timeout=self.timeout, log_path=self._temp / "worker.log")
             self.client.start()
@@ -198,7 +200,8 @@ class PipelineJob:
         st.message = "importing the results"
         try:
             outputs = event["result"].get("outputs", {})
-            self.nodes = bridge.import_outputs(self.scene, outputs, self.reference_node, self.name)
+            self.nodes = bridge.import_outputs(self.scene, outputs, self.reference_node, self.name,
+                                               moves=self._coregistrations())
             link_supervoxel_maps(self.nodes, self.inputs)
         except Exception as e:  # the bridge removed what it had added
             st.state = "failed"
@@ -212,6 +215,15 @@ class PipelineJob:
         made = [n.GetName() for n in self.nodes.values() if n is not None]
         st.message = f"done in {event.get('seconds', 0):.0f} s: {', '.join(made) or 'no outputs'}"
         self._cleanup()
+
+    def _coregistrations(self) -> dict:
+        """{sequence: (input node, RAS matrix onto the reference)} for each sequence the run moved
+        (its manifest's ``coregistration``)."""
+        from brainbarriers.registration import sequence_to_reference_ras
+
+        manifest = json.loads((self._temp / "run" / "manifest.json").read_text())
+        return {sequence: (self.inputs[sequence], sequence_to_reference_ras(record))
+                for sequence, record in manifest.get("coregistration", {}).items() if record["applied"]}
 
     def _cleanup(self, force: bool = False) -> None:
         if self._temp is None:

@@ -336,17 +336,37 @@ def import_uncertainty_volume(scene, volume: Volume, reference, name: str):
         raise
 
 
-def import_outputs(scene, outputs: Mapping[str, str | Path], reference, name: str) -> dict:
+def _move_onto_reference(scene, node, matrix: np.ndarray, name: str):
+    """A linear transform node that carries ``node`` by ``matrix`` (RAS, world to world), put
+    between the node and its own parent transform so that nothing else moves."""
+    parent = node.GetParentTransformNode()
+    to_world = parent_to_world(node)
+    transform = slicer.vtkMRMLLinearTransformNode()
+    transform.SetName(name)
+    scene.AddNode(transform)
+    transform.SetMatrixTransformToParent(_array_to_matrix(np.linalg.inv(to_world) @ matrix @ to_world))
+    if parent is not None:
+        transform.SetAndObserveTransformNodeID(parent.GetID())
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    return transform
+
+
+def import_outputs(scene, outputs: Mapping[str, str | Path], reference, name: str,
+                   moves: Mapping[str, tuple[object, np.ndarray]] | None = None) -> dict:
     """Import a run's final outputs (product -> file, as in the worker's ``done`` event): one
     segmentation node with every label output, one labelmap node per supervoxel map, one scalar
-    volume for the tumour model's uncertainty. Returns {"segmentation": node or None, product:
-    node, ...}. All or nothing."""
+    volume for the tumour model's uncertainty. ``moves``: {sequence: (its input node, RAS matrix
+    onto the reference)}, the run's co-registrations: each input node is put under a new linear
+    transform node ("<name> <sequence> to reference"), so that it shows aligned with the results.
+    Returns {"segmentation": node or None, product: node, "<sequence>_to_reference": node, ...}.
+    All or nothing."""
     volumes = {}
     for product in SEGMENTATION_PRODUCTS + LABELMAP_PRODUCTS + SCALAR_PRODUCTS:
         if product in outputs:
             volumes[product] = load_volume(outputs[product], allow_empty=True)
     result: dict = {"segmentation": None}
     made = []
+    parents = []  # (input node, its parent transform's ID before), to put back on failure
     try:
         layers = [(p, volumes[p]) for p in SEGMENTATION_PRODUCTS if p in volumes]
         if layers:
@@ -362,8 +382,15 @@ def import_outputs(scene, outputs: Mapping[str, str | Path], reference, name: st
                 result[product] = import_uncertainty_volume(scene, volumes[product], reference,
                                                             f"{name} {product}")
                 made.append(result[product])
+        for sequence, (node, matrix) in (moves or {}).items():
+            parents.append((node, node.GetTransformNodeID()))
+            result[f"{sequence}_to_reference"] = _move_onto_reference(
+                scene, node, matrix, f"{name} {sequence} to reference")
+            made.append(result[f"{sequence}_to_reference"])
         return result
     except BaseException:
+        for node, parent_id in reversed(parents):
+            node.SetAndObserveTransformNodeID(parent_id)
         for node in reversed(made):
             for i in range(node.GetNumberOfDisplayNodes()):
                 display = node.GetNthDisplayNode(i)

@@ -50,9 +50,10 @@ def python_command() -> list[str]:
 def worker_command(python: Sequence[str], inputs: Mapping[str, str | Path], out: str | Path, *,
                    steps: Sequence[str] | None = None, device: str = "auto",
                    options: Mapping[str, Mapping[str, object]] | None = None,
-                   reference: str | None = None) -> list[str]:
+                   reference: str | None = None, coregister: str = "auto") -> list[str]:
     """The command line of one worker run (inputs: sequence -> file)."""
-    command = [*python, "-m", "brainbarriers.worker", "--out", str(out), "--device", device]
+    command = [*python, "-m", "brainbarriers.worker", "--out", str(out), "--device", device,
+               "--coregister", coregister]
     for sequence, path in inputs.items():
         command += [f"--{sequence}", str(path)]
     if reference:

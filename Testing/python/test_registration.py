@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from brainbarriers.geometry import resample_to
 from brainbarriers.io import affine_from_sitk, load_volume, to_sitk
 from brainbarriers.pipeline import PipelineRun, Step
-from brainbarriers.registration import rigid_coregister, rigid_motion
+from brainbarriers.registration import rigid_coregister, rigid_motion, sequence_to_reference_ras
 from brainbarriers.volume import Volume
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -60,6 +60,15 @@ def test_a_known_move_of_a_real_flair_is_recovered_to_the_bit_each_time():
     assert error.mean() < 0.5 and error.max() < 1.0, (error.mean(), error.max())
     again = rigid_coregister(t1ce, moved)
     assert again.GetParameters() == found.GetParameters()  # one thread, seeded sampling
+    # What a viewer applies to the moved FLAIR: the motion itself, in RAS.
+    record = {"center_lps": found.GetCenter(), "euler3d_lps": found.GetParameters()}
+    to_reference = sequence_to_reference_ras(record)
+    ras = [np.array([-x, -y, z, 1.0]) for x, y, z in _brain_points(t1ce, t1ce.array > 0, step=2000)]
+    went = motion.GetInverse()  # the moved image shows at y what the FLAIR shows at motion(y)
+    for point in ras:
+        lps = went.TransformPoint(tuple(point[:3] * [-1, -1, 1]))
+        back = to_reference @ np.r_[np.multiply(lps, [-1, -1, 1]), 1.0]
+        assert np.linalg.norm(back[:3] - point[:3]) < 1.0
 
 
 def test_aligned_brats_sequences_come_out_within_the_registrations_own_error():

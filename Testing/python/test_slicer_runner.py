@@ -137,3 +137,30 @@ def test_supervoxel_maps_name_their_images_and_the_runs_uncertainty(case_scene, 
     link_supervoxel_maps(made, nodes)
     for p in ("supervoxels", "supervoxels_merged"):
         assert made[p].GetAttribute("BrainBarriers.Uncertainty") == made["tumor_uncertainty"].GetID()
+
+
+def test_a_sequence_that_moved_is_coregistered_and_shown_aligned(case_scene, tmp_path):
+    """The FLAIR node sits under a transform (as if the patient had moved): the run co-registers
+    it, and the scene puts it under the move found, which undoes the displacement."""
+    step = runnable_step()
+    if step is None:
+        pytest.skip("no pipeline step can run from the MR sequences alone yet")
+    scene, nodes = case_scene
+    original = bridge.node_affine(nodes["flair"])
+    displaced = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(displaced)
+    matrix = np.eye(4)
+    angle = np.radians(5.0)
+    matrix[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    matrix[:3, 3] = (4.0, -3.0, 2.0)
+    displaced.SetMatrixTransformToParent(bridge._array_to_matrix(matrix))
+    nodes["flair"].SetAndObserveTransformNodeID(displaced.GetID())
+    job = PipelineJob(scene, {"t1ce": nodes["t1ce"], "flair": nodes["flair"]}, steps=[step],
+                      device="cpu", python=[sys.executable], work_dir=tmp_path)
+    assert job.start().wait() == "done", job.status.error
+    move = job.nodes["flair_to_reference"]
+    assert nodes["flair"].GetParentTransformNode() is move and move.GetParentTransformNode() is displaced
+    corners = np.array([[i, j, k, 1.0] for i in (20, 100) for j in (20, 100) for k in (15, 60)])
+    error = np.linalg.norm((bridge.node_affine(nodes["flair"]) @ corners.T - original @ corners.T)[:3], axis=0)
+    assert error.max() < 1.5, error  # back where it was, to the registration's accuracy
+    assert "t1ce_to_reference" not in job.nodes

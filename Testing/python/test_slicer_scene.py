@@ -263,6 +263,43 @@ def test_import_outputs_is_all_or_nothing(scene, tmp_path):
     assert nodes["supervoxels"].IsA("vtkMRMLLabelMapVolumeNode")
 
 
+def test_a_coregistered_sequence_is_put_under_its_move_and_nothing_else_moves(scene, tmp_path):
+    from brainbarriers.io import save_volume
+
+    reference = _volume_node(scene, _image())
+    flair, t2 = _volume_node(scene, _image(1)), _volume_node(scene, _image(2))
+    parent, parent_matrix = _linear_transform(scene)  # the user's own transform above the T2
+    t2.SetAndObserveTransformNodeID(parent.GetID())
+    move = np.eye(4)
+    move[:3, :3] = _rotation([0.2, 1, 0.4], 0.15)
+    move[:3, 3] = (4.0, -2.5, 7.0)
+    before = {n: bridge.node_affine(n) for n in (reference, flair, t2)}
+    save_volume(Volume(_tumor_labels(), _expected_affine()), tmp_path / "tumor.nii.gz")
+    nodes = bridge.import_outputs(scene, {"tumor": tmp_path / "tumor.nii.gz"}, reference, "Run",
+                                  moves={"flair": (flair, move), "t2": (t2, move)})
+    assert nodes["flair_to_reference"].GetName() == "Run flair to reference"
+    assert flair.GetParentTransformNode() is nodes["flair_to_reference"]
+    assert nodes["t2_to_reference"].GetParentTransformNode() is parent  # put in between
+    for node in (flair, t2):  # in world space each moved by the move, whatever it was under
+        np.testing.assert_allclose(bridge.node_affine(node), move @ before[node], atol=1e-6)
+    np.testing.assert_allclose(bridge.node_affine(reference), before[reference])
+    np.testing.assert_allclose(bridge._matrix_to_array(parent.GetMatrixTransformToParent()),
+                               parent_matrix)
+
+    # A failing import puts every node back under its own parent and removes what it added.
+    other = _volume_node(scene, _image(3))
+    warp = slicer.vtkMRMLGridTransformNode()  # a non-linear transform: refused
+    scene.AddNode(warp)
+    other.SetAndObserveTransformNodeID(warp.GetID())
+    flair.SetAndObserveTransformNodeID(None)
+    ids = _node_ids(scene)
+    with pytest.raises(bridge.SceneError, match="non-linear"):
+        bridge.import_outputs(scene, {}, reference, "Again",
+                              moves={"flair": (flair, move), "t1": (other, move)})
+    assert _node_ids(scene) == ids
+    assert flair.GetParentTransformNode() is None and other.GetParentTransformNode() is warp
+
+
 def test_uncertainty_comes_in_as_a_scalar_overlay_on_the_reference_grid(scene, tmp_path):
     from brainbarriers.io import save_volume
 
