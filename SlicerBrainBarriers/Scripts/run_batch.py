@@ -26,6 +26,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--steps", default=None, help="comma-separated steps (default: all)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--coregister", choices=("auto", "always", "never"), default="auto",
+                        help="rigid co-registration of the sequences to the reference (as in "
+                        "`brainbarriers run`)")
     parser.add_argument("--set", dest="options", action="append", default=[],
                         metavar="STEP.KEY=VALUE", help="a step option; may be repeated")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
@@ -79,14 +82,16 @@ def main(argv: list[str]) -> int:
                 return 2
             nodes[s] = slicer.util.loadVolume(path)
     result = logic.run(**nodes, steps=args.steps.split(",") if args.steps else None,
-                       device=args.device, options=parse_options(args.options),
+                       device=args.device, coregister=args.coregister,
+                       options=parse_options(args.options),
                        timeout=args.timeout, waitForCompletion=True)
     os.makedirs(args.out, exist_ok=True)
     written = []
     for key, node in result.items():
         if node is None:
             continue
-        ext = ".seg.nrrd" if key == "segmentation" else ".nrrd"
+        # a sequence's move onto the reference is a linear transform: ITK's HDF5 transform file
+        ext = {"segmentation": ".seg.nrrd"}.get(key, ".h5" if key.endswith("_to_reference") else ".nrrd")
         path = os.path.join(args.out, key + ext)
         if not slicer.util.saveNode(node, path):
             print(f"error: could not write {path}", file=sys.stderr)

@@ -283,8 +283,20 @@ def test_a_coregistered_sequence_is_put_under_its_move_and_nothing_else_moves(sc
     for node in (flair, t2):  # in world space each moved by the move, whatever it was under
         np.testing.assert_allclose(bridge.node_affine(node), move @ before[node], atol=1e-6)
     np.testing.assert_allclose(bridge.node_affine(reference), before[reference])
-    np.testing.assert_allclose(bridge._matrix_to_array(parent.GetMatrixTransformToParent()),
-                               parent_matrix)
+    kept = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToParent(kept)
+    np.testing.assert_allclose(bridge._matrix_to_array(kept), parent_matrix)
+    # What the batch script saves it as (ITK's HDF5 transform file) reads back the same.
+    storage = slicer.vtkMRMLTransformStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(tmp_path / "flair_to_reference.h5"))
+    assert storage.WriteData(nodes["flair_to_reference"])
+    back = slicer.vtkMRMLLinearTransformNode()
+    scene.AddNode(back)
+    assert storage.ReadData(back)
+    read = vtk.vtkMatrix4x4()
+    back.GetMatrixTransformToParent(read)
+    np.testing.assert_allclose(bridge._matrix_to_array(read), move, atol=1e-9)
 
     # A failing import puts every node back under its own parent and removes what it added.
     other = _volume_node(scene, _image(3))
