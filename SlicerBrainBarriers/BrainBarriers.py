@@ -33,6 +33,7 @@ SEQUENCES = ("t1", "t1ce", "t2", "flair", "ct")
 STEPS = ("skullstrip", "tumor", "supervoxels", "barriers", "ctv")  # the run order
 MODEL_STEPS = ("skullstrip", "tumor", "barriers")  # steps with a choice of trained model
 DEVICES = ("auto", "cpu", "cuda")
+COREGISTER = ("auto", "always", "never")  # as brainbarriers run --coregister
 TERMINOLOGY_FILE = "BrainBarriers.term.json"
 MINIMUM_SLICER_VERSION = (5, 10)  # also checked in the top CMakeLists.txt
 # Heavier self-test checks (the whole pipeline on CPU, minutes) only when this is set to 1.
@@ -163,6 +164,7 @@ class BrainBarriersParameterNode:
     tumorModel: str = ""
     barriersModel: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    coregister: Annotated[str, Choice(list(COREGISTER))] = "auto"
 
 
 def modelChoices(step: str) -> list[tuple[str, str]]:
@@ -532,12 +534,14 @@ class BrainBarriersLogic(ScriptedLoadableModuleLogic):
         return self.job is not None and self.job.status.state == "running"
 
     def runFromParameterNode(self, parameterNode, waitForCompletion=True, onUpdate=None):
-        """Run what the panel shows: its inputs, checked steps, chosen models and device."""
+        """Run what the panel shows: its inputs, checked steps, chosen models, device and
+        co-registration."""
         p = parameterNode
         steps = [s for s in STEPS if getattr(p, "run" + s.capitalize())]
         models = {s: getattr(p, f"{s}Model") for s in MODEL_STEPS if s in steps}
         return self.run(**{s: getattr(p, s) for s in SEQUENCES}, steps=steps, device=p.device,
-                        models=models, waitForCompletion=waitForCompletion, onUpdate=onUpdate)
+                        coregister=p.coregister, models=models,
+                        waitForCompletion=waitForCompletion, onUpdate=onUpdate)
 
     def run(self, t1=None, t1ce=None, t2=None, flair=None, ct=None, steps=None, device="auto",
             models=None, options=None, name="BrainBarriers", waitForCompletion=True,

@@ -80,9 +80,9 @@ def test_parameter_bindings_match_the_parameter_node():
     for step in _module_constant("STEPS"):
         field = "run" + step.capitalize()
         assert bound[field][1] == "QCheckBox" and fields[field] == "bool"
-    device_items = [i.find("property/string").text
-                    for i in _ui_widgets()[bound["device"][0]].findall("item")]
-    assert device_items == list(_module_constant("DEVICES"))
+    for field, choices in (("device", "DEVICES"), ("coregister", "COREGISTER")):
+        items = [i.find("property/string").text for i in _ui_widgets()[bound[field][0]].findall("item")]
+        assert items == list(_module_constant(choices)), field
 
 
 def test_module_cmake_lists_every_file():
