@@ -70,8 +70,8 @@ def resample_to(volume: Volume, grid: Grid, *, label: bool = False, default: flo
     if not label and image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
         image = sitk.Cast(image, sitk.sitkFloat32)
     interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
-    out = sitk.Resample(image, reference, transform or sitk.Transform(), interpolator, default,
-                        image.GetPixelID())
+    move = sitk.Transform() if transform is None else transform
+    out = sitk.Resample(image, reference, move, interpolator, default, image.GetPixelID())
     array = sitk.GetArrayFromImage(out).transpose(2, 1, 0)
     assert np.allclose(affine_from_sitk(out), grid.affine, atol=1e-3)
     return Volume(np.ascontiguousarray(array), grid.affine, source=volume.source)

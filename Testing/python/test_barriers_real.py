@@ -171,7 +171,7 @@ def test_registration_to_an_atlas_recovers_a_known_deformation_on_either_contras
     cerebellum, ventricles = scores(transform)
     assert cerebellum > 0.93 and ventricles > 0.85, (cerebellum, ventricles)
     assert ventricles > affine_only[1] + 0.04 and cerebellum > affine_only[0], (ventricles, affine_only)
-    # Twice the same transform, to the bit (the affine's metric on one thread; atlas.one_thread).
+    # Twice the same transform, to the bit (the affine's metric on one thread; registration.one_thread).
     again = M.register_to_atlas(fixed, moving)
     assert transform.TransformPoint((0.0, -20.0, 10.0)) == again.TransformPoint((0.0, -20.0, 10.0))
     assert np.array_equal(M.warp_structures(atlas, reference, transform) > 0.5,

@@ -136,3 +136,21 @@ def test_the_pipeline_moves_the_clinical_sequences_and_leaves_aligned_ones_untou
     assert run.coregistration == {}
     out = load_volume(tmp_path / "never" / "brain_mask.nii.gz", allow_empty=True).array > 0
     np.testing.assert_array_equal(out, world)
+
+
+def test_a_move_too_large_to_be_real_is_refused_with_a_warning(tmp_path, monkeypatch):
+    """The TCGA FLAIR's 13.5 degrees, with the plausible limit set below it: the headers' alignment
+    is kept, the manifest says so and a warning asks to check the scan."""
+    import brainbarriers.registration as registration
+
+    monkeypatch.setattr(registration, "MAX_ROTATION_DEG", 10.0)
+    inputs = {s: TCGA / f"{s}.nii.gz" for s in ("t1ce", "flair")}
+    run = PipelineRun(inputs, tmp_path / "run", [KEEP_FLAIR], device="cpu")
+    run.run()
+    record = run.coregistration["flair"]
+    assert not record["applied"] and record["rotation_deg"] > 10.0
+    warned = " ".join(w["message"] for w in run.warnings)
+    assert "more than a patient moves within one session" in warned
+    out = load_volume(tmp_path / "run" / "brain_mask.nii.gz", allow_empty=True).array > 0
+    world = resample_to(load_volume(inputs["flair"]), load_volume(inputs["t1ce"]).grid).array > 0
+    np.testing.assert_array_equal(out, world)

@@ -362,9 +362,9 @@ class PipelineRun:
         try:
             transform = reg.rigid_coregister(ref, volume)
         except RuntimeError as e:  # ITK's own failures (e.g. no overlap left to sample)
+            reason = (str(e).strip().splitlines() or ["no reason given"])[-1]
             self.warn(f"{name} ({self.given[name]}): co-registration to the reference "
-                      f"{self.reference} failed ({str(e).strip().splitlines()[-1]}); the headers' "
-                      "alignment is kept")
+                      f"{self.reference} failed ({reason}); the headers' alignment is kept")
             return None
         shift, angle = reg.rigid_motion(transform)
         implausible = shift > reg.MAX_SHIFT_MM or angle > reg.MAX_ROTATION_DEG
