@@ -16,24 +16,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-from scipy import ndimage as ndi
-
 from brainbarriers.io import load_volume, save_volume
 from brainbarriers.models import load_package
+from brainbarriers.tumor.augment import slab_average
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tumor_validation import held_out_cases  # noqa: E402
-
-
-def thick_sliced(array: np.ndarray, slab: int) -> np.ndarray:
-    depth = array.shape[2]
-    count = -(-depth // slab)
-    padded = np.pad(array.astype(np.float32), ((0, 0), (0, 0), (0, count * slab - depth)), mode="edge")
-    slabs = padded.reshape(array.shape[0], array.shape[1], count, slab).mean(-1)
-    centres = (np.arange(depth) - (slab - 1) / 2.0) / slab  # each slice's position among the slabs
-    grid = np.meshgrid(np.arange(array.shape[0]), np.arange(array.shape[1]), centres, indexing="ij")
-    return ndi.map_coordinates(slabs, grid, order=1, mode="nearest").astype(np.float32)
 
 
 def main() -> int:
@@ -49,7 +37,7 @@ def main() -> int:
                 shutil.copy(path, target / path.name)
                 continue
             volume = load_volume(path)
-            save_volume(volume.with_array(thick_sliced(volume.array, args.slab)), target / path.name)
+            save_volume(volume.with_array(slab_average(volume.array, args.slab, axis=2)), target / path.name)
         print(folder.name, flush=True)
     return 0
 

@@ -798,6 +798,41 @@ def test_strong_augmentation_is_seeded_keeps_soft_targets_and_differs_from_the_p
     assert (labels > 0.5).any()  # the foreground-biased crops still find the tumour
     with pytest.raises(InputError, match="--augmentation 'heavy'"):
         transforms((32, 32, 32), "regions", "heavy")
+    thick = transforms((32, 32, 32), "regions", "strong-thick")
+    runs = [[sample_batch(data, thick, 2, 0, 0, it, 0) for it in range(12)] for _ in range(2)]
+    again = [np.concatenate([np.ravel(s["image"]) for batch in run for s in batch]) for run in runs]
+    assert np.array_equal(again[0], again[1])  # seeded like the rest
+
+
+def test_thick_slices_average_slabs_along_one_axis_and_leave_the_labels():
+    from brainbarriers.tumor.augment import RandThickSlicesd, slab_average
+
+    ramp = np.broadcast_to(np.arange(12, dtype=np.float32), (5, 6, 12)).copy()
+    # A linear ramp survives slab averaging and linear interpolation between slab centres.
+    np.testing.assert_allclose(slab_average(ramp, 3, axis=2)[:, :, 1:10], ramp[:, :, 1:10], atol=1e-5)
+    spike = np.zeros((4, 4, 9), np.float32)
+    spike[:, :, 4] = 9.0  # one bright 1-voxel slice: a 3-voxel slab makes it a third as bright
+    thick = slab_average(spike, 3, axis=2)
+    assert np.isclose(thick[0, 0, 4], 3.0) and np.allclose(thick[:, :, 0], 0)
+    np.testing.assert_array_equal(slab_average(spike, 3, axis=0), spike)  # constant along axis 0
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(4, 10, 11, 12)).astype(np.float32)
+    label = (rng.random((3, 10, 11, 12)) > 0.5).astype(np.float32)
+    transform = RandThickSlicesd(prob=1.0)
+    transform.set_random_state(seed=3)
+    seen = set()
+    for _ in range(6):
+        out = transform({"image": image, "label": label})
+        assert out["label"] is label
+        for c in range(4):
+            if np.array_equal(out["image"][c], image[c]):
+                continue
+            matches = [(slab, axis) for slab in (2, 3) for axis in range(3)
+                       if np.allclose(out["image"][c], slab_average(image[c], slab, axis))]
+            assert matches, c  # a changed sequence is exactly one slab thickness on one axis
+            seen.add(matches[0])
+    assert len(seen) > 1
 
 
 def test_dropout_subsets_keep_only_the_named_subsets():

@@ -19,7 +19,8 @@
   command line overrides the configuration's value.
 - Augmentation (HNF-Netv2 paper): foreground-biased random crops, flips on the three axes, rotations
   up to 10 degrees, per-channel intensity shift (+-0.1) and scale (x 0.9-1.1). ``--augmentation
-  strong`` adds nnU-Net's kinds (larger rotations, scaling, noise, blur, brightness, gamma).
+  strong`` adds nnU-Net's kinds (larger rotations, scaling, noise, blur, brightness, gamma);
+  ``strong-thick`` also shows sequences as thick-sliced clinical scans (slabs of 4-6 mm).
 - Prepared cases (``--prepare``): the cases pre-processed as above at the configuration's voxel size,
   written to ``OUT/prepared`` (``prepared.json`` and one float16 ``.npz`` per case) so that training
   can run where the original files are not, as nnU-Net trains from its pre-processed folder:
@@ -249,15 +250,18 @@ def load_prepared(case: dict, head: str, spacing: float | None) -> dict:
     return {"image": image, "label": label, "id": case["id"]}
 
 
-AUGMENTATIONS = ("paper", "strong")
+AUGMENTATIONS = ("paper", "strong", "strong-thick")
 
 
 def transforms(patch: tuple[int, int, int], head: str, augmentation: str = "paper"):
     """The HNF-Netv2 paper's online augmentation (see the module docstring); ``strong`` adds
     nnU-Net's kinds before it, for training on few cases: rotation up to 30 degrees and scaling
     x 0.7-1.3 (together, probability 0.3), Gaussian noise (0.1) and blur (0.2), brightness
-    x 0.75-1.25 (0.15) and gamma 0.7-1.5 (0.3)."""
+    x 0.75-1.25 (0.15) and gamma 0.7-1.5 (0.3); ``strong-thick`` adds thick-sliced sequences
+    (``augment.RandThickSlicesd``) after the crop."""
     from monai import transforms as T
+
+    from .augment import RandThickSlicesd
 
     if augmentation not in AUGMENTATIONS:
         raise InputError(None, f"--augmentation {augmentation!r}: one of {', '.join(AUGMENTATIONS)}")
@@ -272,11 +276,13 @@ def transforms(patch: tuple[int, int, int], head: str, augmentation: str = "pape
                               sigma_z=(0.5, 1.0)),
         T.RandScaleIntensityd("image", factors=0.25, prob=0.15),
         T.RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5), retain_stats=True),
-    ] if augmentation == "strong" else []
+    ] if augmentation.startswith("strong") else []
+    thick = [RandThickSlicesd()] if augmentation == "strong-thick" else []
     return T.Compose([
         T.SpatialPadd(keys, spatial_size=patch),
         T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=2, neg=1,
                                  num_samples=1, image_key="image", image_threshold=-1e9),
+        *thick,
         *strong,
         T.RandFlipd(keys, prob=0.5, spatial_axis=0),
         T.RandFlipd(keys, prob=0.5, spatial_axis=1),
@@ -345,7 +351,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "all 14 non-empty proper subsets, uniformly)")
     p.add_argument("--augmentation", default=None, choices=AUGMENTATIONS,
                    help="the paper's augmentation (default) or 'strong': nnU-Net's kinds added "
-                        "(rotation, scaling, noise, blur, brightness, gamma), for few cases")
+                        "(rotation, scaling, noise, blur, brightness, gamma), for few cases; "
+                        "'strong-thick': also sequences seen as thick-sliced scans")
     p.add_argument("--init", default=None,
                    help="fine-tune: start from this model package's weights (same architecture; "
                         "its fold of the same number, so held-out cases stay unseen)")
