@@ -8,6 +8,7 @@ import sys
 import threading
 
 from ..errors import InputError
+from ..pipeline import COREGISTER
 from .run import add_run_arguments, parse_options
 
 
@@ -92,7 +93,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="cohort folder (created if needed)")
     p.add_argument("--reference", choices=("t1", "t1ce", "t2", "flair", "ct"), default=None,
                    help="sequence whose grid each case's outputs use (default: t1ce if given)")
-    p.add_argument("--coregister", choices=("auto", "always", "never"), default="auto",
+    p.add_argument("--coregister", choices=COREGISTER, default="auto",
                    help="rigid co-registration of each case's sequences to its reference (as in "
                    "`brainbarriers run`)")
     add_run_arguments(p, inputs=False)

@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import Cancelled, InputError
-from ..pipeline import SEQUENCES, CancelToken, PipelineRun, plan
+from ..pipeline import COREGISTER, SEQUENCES, CancelToken, PipelineRun, plan
 from ..progress import JsonLinesReporter, TqdmReporter, cancel_on_signals
 
 
@@ -19,7 +19,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, inputs: bool = True) -
                                 help=f"{s.upper()} image (NIfTI, NRRD, MHA or a DICOM folder)")
         parser.add_argument("--reference", choices=SEQUENCES, default=None,
                             help="sequence whose grid the outputs use (default: t1ce if given)")
-        parser.add_argument("--coregister", choices=("auto", "always", "never"), default="auto",
+        parser.add_argument("--coregister", choices=COREGISTER, default="auto",
                             help="rigid co-registration of the other sequences to the reference "
                             "(mutual information): auto (default) moves a sequence when the move "
                             "found exceeds 1.5 mm or 1.5 degrees, always applies any move found, never "

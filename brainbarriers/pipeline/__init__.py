@@ -1,4 +1,5 @@
 from .core import (
+    COREGISTER,
     FINAL_OUTPUTS,
     SEQUENCES,
     CancelToken,
@@ -10,6 +11,6 @@ from .core import (
 from .registry import all_steps, plan
 
 __all__ = [
-    "FINAL_OUTPUTS", "SEQUENCES", "CancelToken", "PipelineRun", "ProgressEvent", "Step",
+    "COREGISTER", "FINAL_OUTPUTS", "SEQUENCES", "CancelToken", "PipelineRun", "ProgressEvent", "Step",
     "StepContext", "all_steps", "plan",
 ]
