@@ -1,6 +1,7 @@
 """Per-structure Dice of the barrier stages: on real labelled heads, and on held-out generated cases.
 
     python bench/barriers_accuracy.py --oasis [--data ../shared/data/oasis-miccai2012] [--subjects 1000 ...]
+    python bench/barriers_accuracy.py --oasis --methods multiatlas --brain-mask skullstrip
     python bench/barriers_accuracy.py [--models FOLDER] [--seeds 9001 9002 9003] [--no-atlas]
 
 ``--oasis``: the real OASIS heads with manual Neuromorphometrics labels (structure definitions in
@@ -10,7 +11,9 @@ cerebellum, its ventricles re-drawn from the image's CSF, the falx and tentorium
 lines), ``multiatlas`` (the default; leave-one-out: each head is segmented with atlases made
 from the *other* heads only, never with itself, and with a ventricle classifier trained on the other
 heads only, each seen through the one atlas that is neither itself nor the head segmented) and
-``multiatlas-csf`` (the same without the classifier: the CSF model's ventricles). Prints, per head and method, Dice of the cerebellum and ventricles, the
+``multiatlas-csf`` (the same without the classifier: the CSF model's ventricles). The heads are
+skull-stripped; the brain is their non-zero voxels, or with ``--brain-mask skullstrip`` the
+skullstrip step's mask of them (deepbet, as ``brainbarriers run`` does). Prints, per head and method, Dice of the cerebellum and ventricles, the
 ventricle volumes (predicted / true, ml), the falx's and tentorium's position (share of the
 interface covered / share of the sheet on its interface, ``barriers.position``), the wall and CPU
 seconds of the whole atlas stage, then the means.
@@ -31,7 +34,7 @@ import numpy as np
 OASIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "oasis-miccai2012"
 
 
-def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
+def oasis(data: Path, subjects: list[str], methods: list[str], brain_mask: str = "nonzero") -> None:
     from brainbarriers.barriers import ventricles
     from brainbarriers.barriers.atlas import atlas_barriers
     from brainbarriers.barriers.multiatlas import (
@@ -44,6 +47,7 @@ def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
     from brainbarriers.barriers.position import barrier_position
     from brainbarriers.io import load_volume
     from brainbarriers.metrics import dice
+    from brainbarriers.skullstrip.core import brain_mask as skullstrip
 
     heads = {s: (load_volume(data / s / f"{s}_SS.nii.gz"), load_volume(data / s / f"{s}_glm.nii.gz"))
              for s in subjects}
@@ -55,7 +59,8 @@ def oasis(data: Path, subjects: list[str], methods: list[str]) -> None:
     for s in subjects:
         t1, labels = heads[s]
         truth = structures_from_neuromorphometrics(labels.array)
-        brain = t1.with_array((t1.array > 0).astype(np.uint8))
+        brain = (skullstrip(t1).mask if brain_mask == "skullstrip"
+                 else t1.with_array((t1.array > 0).astype(np.uint8)))
         others = tuple(atlases[o] for o in subjects if o != s)
         ml = float(np.prod(t1.spacing)) / 1000
         for method in methods:
@@ -139,6 +144,8 @@ def main() -> None:
     p.add_argument("--subjects", nargs="+", default=["1000", "1001", "1002"])
     p.add_argument("--methods", default="template-raw,template,multiatlas",
                    help="--oasis: which of template-raw, template, multiatlas, multiatlas-csf to run")
+    p.add_argument("--brain-mask", choices=("nonzero", "skullstrip"), default="nonzero",
+                   help="--oasis: the heads' non-zero voxels or the skullstrip step's mask")
     p.add_argument("--models", default=None, help="model-set folder (default: the shipped demo set)")
     p.add_argument("--seeds", type=int, nargs="+", default=[9001, 9002, 9003])
     p.add_argument("--no-atlas", action="store_true")
@@ -150,7 +157,7 @@ def main() -> None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
         if len(args.subjects) < 2:
             p.error("--oasis needs at least two subjects (each is segmented with the others as atlases)")
-        oasis(Path(args.data), args.subjects, args.methods.split(","))
+        oasis(Path(args.data), args.subjects, args.methods.split(","), args.brain_mask)
     else:
         phantoms(args)
 

@@ -13,7 +13,9 @@ tumour (``tumor.inference.keep_main_tumour``, what the step does with the packag
 ``--min-component-ml`` threshold; with ``--snap``, snapping its labels to the case's supervoxels as
 ``--set tumor.refine_supervoxels=true`` does (the supervoxels step's merged map of 300 regions, and
 the oversegmentation itself; a supervoxel at least half tumour becomes tumour, one less than half
-is cleared). With ``--subsets`` it runs on subsets of the sequences (the absent ones fed as zeros,
+is cleared). ``--brain-mask skullstrip`` gives the model the skullstrip step's mask (deepbet on
+the T1, as ``brainbarriers run`` does) instead of the scans' own non-zero voxels (what training
+used). With ``--subsets`` it runs on subsets of the sequences (the absent ones fed as zeros,
 as the tumour step does for a model that accepts subsets).
 
     python bench/tumor_validation.py --packages default demo-hnfnetv2-phantom --json out.json
@@ -21,6 +23,7 @@ as the tumour step does for a model that accepts subsets).
         --subsets t1ce+flair t1+flair t1ce+t2 flair t1ce
     python bench/tumor_validation.py --packages default --no-tta --snap
     python bench/tumor_validation.py --packages default --no-tta --main-tumour inf 1
+    python bench/tumor_validation.py --packages default --main-tumour 1 --brain-mask skullstrip
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main() -> int:
 
     from brainbarriers.metrics import brats_scores
     from brainbarriers.models import load_package
+    from brainbarriers.skullstrip.core import brain_mask
     from brainbarriers.supervoxels.snap import snap_to_supervoxels
     from brainbarriers.tumor.inference import keep_main_tumour, remove_small_components, segment
     from brainbarriers.tumor.step import DEFAULT_MODEL
@@ -77,6 +81,8 @@ def main() -> int:
                     help="also score the first package's labels snapped to the supervoxels")
     ap.add_argument("--overlap", type=float, default=None,
                     help="sliding-window overlap (default: the tumour step's)")
+    ap.add_argument("--brain-mask", choices=("nonzero", "skullstrip"), default="nonzero",
+                    help="the scans' non-zero voxels (as in training) or the skullstrip step's mask")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     args = ap.parse_args()
@@ -91,6 +97,8 @@ def main() -> int:
     for folder in folders:
         case = find_cases(folder)[0]
         vols, mask, truth = load_case_volumes(case)
+        if args.brain_mask == "skullstrip":
+            mask = brain_mask(vols["t1"]).mask
         for name, pkg in packages.items():
             key = held_out_by(pkg, case["id"])
             nets = [pkg.build_network(key)] if key else None
@@ -129,7 +137,8 @@ def main() -> int:
                     f"{k} {r[k]['dice']:.3f}/{r[k]['hd95']:6.1f}" for k in REGIONS)
                     + f"  {seconds:.0f} s", flush=True)
 
-    print(f"\nmean over {len(folders)} cases (Dice / HD95 mm), TTA {'off' if args.no_tta else 'on'}")
+    print(f"\nmean over {len(folders)} cases (Dice / HD95 mm), TTA {'off' if args.no_tta else 'on'}, "
+          f"brain mask: {args.brain_mask}")
     keys = sorted({(r["package"], r["post"], r["sequences"]) for r in rows},
                   key=lambda k: (names.index(k[0]), str(k[1]), -len(k[2])))
     for pkg, post, given in keys:

@@ -27,6 +27,7 @@ from brainbarriers.volume import Volume
 # ../shared/data beside the repository (as in CI)
 TCGA = Path(__file__).resolve().parents[3] / "shared" / "data" / "tcga-fg-6692"
 needs_tcga = pytest.mark.skipif(not TCGA.is_dir(), reason="shared/data/tcga-fg-6692 not found")
+GLI = Path(__file__).resolve().parents[3] / "shared" / "data" / "brats-gli" / "BraTS-GLI-00002-000"
 
 
 def present(volume: Volume, transform) -> Volume:
@@ -124,6 +125,32 @@ def test_clinical_thick_slice_t1ce_with_flair_through_the_pipeline(tmp_path):
     flair = load_volume(outputs["flair_brain"])
     assert flair.grid.same_as(truth.grid) and not flair.array[mask.array == 0].any()
     assert flair.array[mask.array > 0].any()
+
+
+@pytest.mark.skipif(not GLI.is_dir(), reason="shared/data/brats-gli not found")
+def test_an_already_stripped_scan_keeps_its_own_brain():
+    """BraTS scans come skull-stripped, zero outside the brain; deepbet's mask reaches a few mm past
+    their edge (57 ml of zeros on this case), which skewed every step's intensity statistics (the
+    ventricles' CSF threshold fell below the CSF). The mask now stays inside the scan's non-zero
+    brain, and still covers it."""
+    t1 = load_volume(GLI / "BraTS-GLI-00002-000_t1.nii.gz")
+    mask = core.brain_mask(t1).mask.array > 0
+    stripped = t1.array != 0
+    assert not (mask & core.scan_background(t1.array)).any()
+    assert (mask & ~stripped).sum() < 50  # the few zero voxels inside the brain itself (measured: 5)
+    assert (mask & stripped).sum() / stripped.sum() > 0.97, (mask & stripped).sum() / stripped.sum()
+
+
+def test_scan_background_is_the_fill_reaching_the_faces():
+    rng = np.random.default_rng(0)
+    image = np.full((20, 20, 20), -1.0, np.float32)  # a fill other than zero
+    image[4:16, 4:16, 4:16] = 5.0
+    image[8:12, 8:12, 8:12] = -1.0  # the fill's value inside the object: not background
+    background = core.scan_background(image)
+    assert background.sum() == 20 ** 3 - 12 ** 3
+    assert not background[8:12, 8:12, 8:12].any()
+    noisy = image + rng.normal(0, 0.1, image.shape).astype(np.float32)  # a raw scan's noise
+    assert not core.scan_background(noisy).any()
 
 
 def test_partial_head_gives_a_volume_warning(sri24):
