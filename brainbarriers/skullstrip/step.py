@@ -118,7 +118,8 @@ STEP = Step(
     outputs=("brain_mask",),
     optional_outputs=tuple(PRODUCT_OF.values()),
     labels=("brain_mask",),
-    version="1",
+    # 2: the mask stays out of an already skull-stripped scan's fill (core.scan_background)
+    version="2",
     description="brain mask (deepbet or HD-BET) and skull-stripped sequences",
     options=OPTIONS,
 )
