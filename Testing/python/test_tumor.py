@@ -33,8 +33,8 @@ from brainbarriers.tumor.inference import (
     segment,
 )
 from brainbarriers.tumor.preprocess import labels_from_regions, normalise, regions_from_labels
-from brainbarriers.tumor.step import STEP
-from brainbarriers.volume import Grid
+from brainbarriers.tumor.step import STEP, cleared_warnings
+from brainbarriers.volume import Grid, Volume
 
 torch.set_num_threads(1)
 SEQ = ("t1", "t1ce", "t2", "flair")
@@ -166,6 +166,24 @@ def test_main_tumour_keeps_other_foci_with_core_and_says_what_it_cleared():
     one[5:9, 5:9, 5:9] = 2
     out, removed = keep_main_tumour(one, 0.001, float("inf"))
     assert out is one and removed == []
+
+
+def test_cleared_components_are_named_and_specks_counted_together():
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2:14, 2:14, 2:14] = 2  # the main tumour
+    labels[20:30, 20:30, 20:30] = 2  # 1 ml of oedema alone: named
+    labels[35, 35, 35] = 2  # two specks of 1 and 8 voxels: counted together
+    labels[30:32, 2:4, 2:4] = 2
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    affine[:3, 3] = [10.0, 20.0, -30.0]
+    volume = Volume(labels, affine)
+    _, cleared = keep_main_tumour(labels, volume.voxel_volume_ml, 1.0)
+    messages = cleared_warnings(cleared, volume)
+    assert len(messages) == 2
+    assert messages[0].startswith("a tumour component of 1.0 ml (0.0 ml of core)")
+    assert "RAS (-14, -4, -6) mm" in messages[0]  # voxel centre 24.5 through the affine
+    assert messages[1].startswith("2 tumour component(s) under 0.1 ml each (9 mm3 in all)")
+    assert cleared_warnings([], volume) == []
 
 
 def test_a_case_without_tumour_gives_an_empty_map_and_a_warning(small_case_dir, tmp_path):

@@ -125,11 +125,8 @@ def run(ctx: StepContext) -> dict[str, Volume]:
         overlap=overlap, flips=flips,
         progress=lambda f, m: ctx.progress(0.95 * f, m))
     labels = result.labels
-    for c in result.cleared:
-        r, a, s = labels.world_coordinates([c["centre"]])[0]
-        ctx.warn(f"a tumour component of {c['ml']:.1f} ml ({c['core_ml']:.1f} ml of core) away from "
-                 f"the main tumour was cleared as a likely false positive, centred at RAS "
-                 f"({r:.0f}, {a:.0f}, {s:.0f}) mm: check it (tumor.focus_core_ml=0 keeps it)")
+    for message in cleared_warnings(result.cleared, labels):
+        ctx.warn(message)
     if option_flag(opts.get("refine_supervoxels", False), "tumor", "refine_supervoxels"):
         from ..supervoxels.snap import snap_to_supervoxels
         from ..supervoxels.step import compute_supervoxels
@@ -166,6 +163,29 @@ def _ml_option(opts: dict, key: str) -> float | None:
     if not value >= 0:
         raise InputError(None, f"tumor.{key}={opts[key]!r}: give a volume in ml (0 or more)")
     return value
+
+
+#: A cleared component at least this large is named in a warning of its own; smaller specks (a few
+#: voxels) are counted together in one, so the reviewer's list shows what is worth a look.
+NAMED_CLEARED_ML = 0.1
+
+
+def cleared_warnings(cleared: list[dict], labels: Volume) -> list[str]:
+    """The run's warnings for the components ``keep_main_tumour`` cleared (largest first)."""
+    named = [c for c in cleared if c["ml"] >= NAMED_CLEARED_ML]
+    specks = [c for c in cleared if c["ml"] < NAMED_CLEARED_ML]
+    messages = []
+    for c in named:
+        r, a, s = labels.world_coordinates([c["centre"]])[0]
+        messages.append(f"a tumour component of {c['ml']:.1f} ml ({c['core_ml']:.1f} ml of core) away "
+                        f"from the main tumour was cleared as a likely false positive, centred at RAS "
+                        f"({r:.0f}, {a:.0f}, {s:.0f}) mm: check it (tumor.focus_core_ml=0 keeps it)")
+    if specks:
+        total = sum(c["ml"] for c in specks)
+        messages.append(f"{len(specks)} tumour component(s) under {NAMED_CLEARED_ML:g} ml each "
+                        f"({total * 1000:.0f} mm3 in all) away from the main tumour were cleared too "
+                        "(tumor.focus_core_ml=0 keeps them)")
+    return messages
 
 
 STEP = Step(
