@@ -30,10 +30,11 @@ from brainbarriers.tumor.inference import (
     predict_array,
     relabel_small_et,
     remove_small_components,
+    secondary_foci,
     segment,
 )
 from brainbarriers.tumor.preprocess import labels_from_regions, normalise, regions_from_labels
-from brainbarriers.tumor.step import STEP, cleared_warnings
+from brainbarriers.tumor.step import STEP, component_warnings
 from brainbarriers.volume import Grid, Volume
 
 torch.set_num_threads(1)
@@ -168,22 +169,28 @@ def test_main_tumour_keeps_other_foci_with_core_and_says_what_it_cleared():
     assert out is one and removed == []
 
 
-def test_cleared_components_are_named_and_specks_counted_together():
+def test_components_apart_from_the_main_tumour_are_named_and_specks_counted_together():
     labels = np.zeros((40, 40, 40), np.uint8)
     labels[2:14, 2:14, 2:14] = 2  # the main tumour
-    labels[20:30, 20:30, 20:30] = 2  # 1 ml of oedema alone: named
-    labels[35, 35, 35] = 2  # two specks of 1 and 8 voxels: counted together
+    labels[20:30, 20:30, 20:30] = 2  # 1 ml of oedema alone: cleared, named
+    labels[35, 35, 35] = 2  # two specks of 1 and 8 voxels: cleared, counted together
     labels[30:32, 2:4, 2:4] = 2
+    labels[30:38, 30:38, 2:10] = 4  # 0.512 ml of enhancing tumour: a focus kept at 0.1 ml of core
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])
     affine[:3, 3] = [10.0, 20.0, -30.0]
     volume = Volume(labels, affine)
-    _, cleared = keep_main_tumour(labels, volume.voxel_volume_ml, 1.0)
-    messages = cleared_warnings(cleared, volume)
+    kept, cleared = keep_main_tumour(labels, volume.voxel_volume_ml, 0.1)
+    messages = component_warnings(cleared, volume, kept=False)
     assert len(messages) == 2
     assert messages[0].startswith("a tumour component of 1.0 ml (0.0 ml of core)")
     assert "RAS (-14, -4, -6) mm" in messages[0]  # voxel centre 24.5 through the affine
     assert messages[1].startswith("2 tumour component(s) under 0.1 ml each (9 mm3 in all)")
-    assert cleared_warnings([], volume) == []
+    foci = secondary_foci(kept, volume.voxel_volume_ml)
+    assert len(foci) == 1 and foci[0]["ml"] == pytest.approx(0.512)
+    assert foci[0]["centre"] == pytest.approx([33.5, 33.5, 5.5])
+    (message,) = component_warnings(foci, volume, kept=True)
+    assert message.startswith("a second tumour focus of 0.5 ml (0.5 ml of core)") and "kept" in message
+    assert secondary_foci(labels[:15], 0.001) == [] and component_warnings([], volume, kept=True) == []
 
 
 def test_a_case_without_tumour_gives_an_empty_map_and_a_warning(small_case_dir, tmp_path):

@@ -187,26 +187,45 @@ def keep_main_tumour(labels: np.ndarray, voxel_ml: float,
     components (``ml``, ``core_ml``, ``centre``: the voxel index of their centroid), largest
     first, so that the step can say what it removed.
     """
-    from scipy import ndimage
-
     if focus_core_ml <= 0:
         return labels, []
     comp, sizes = _tumour_components(labels)
     n = sizes.size
     if n <= 1:
         return labels, []
-    core = np.bincount(comp.ravel(), weights=np.isin(labels, (1, 4)).ravel(), minlength=n + 1)[1:]
+    core = _core_voxels(labels, comp, n)
     largest = int(np.argmax(sizes))
     drop = [i for i in range(n) if i != largest and core[i] * voxel_ml < focus_core_ml]
     if not drop:
         return labels, []
-    centres = ndimage.center_of_mass(np.ones(labels.shape), comp, [i + 1 for i in drop])
-    removed = sorted(({"ml": float(sizes[i] * voxel_ml), "core_ml": float(core[i] * voxel_ml),
-                       "centre": [float(c) for c in centre]} for i, centre in zip(drop, centres)),
-                     key=lambda r: -r["ml"])
     out = labels.copy()
     out[np.isin(comp, [i + 1 for i in drop])] = 0
-    return out, removed
+    return out, _described(comp, sizes, core, drop, voxel_ml)
+
+
+def secondary_foci(labels: np.ndarray, voxel_ml: float) -> list[dict]:
+    """The whole-tumour components other than the largest, described as ``keep_main_tumour``
+    describes what it clears (largest first): after the main-tumour rule, the foci it kept for
+    their core - a multifocal tumour's, or false positives that the reviewer must judge."""
+    comp, sizes = _tumour_components(labels)
+    if sizes.size <= 1:
+        return []
+    others = [i for i in range(sizes.size) if i != int(np.argmax(sizes))]
+    return _described(comp, sizes, _core_voxels(labels, comp, sizes.size), others, voxel_ml)
+
+
+def _core_voxels(labels: np.ndarray, comp: np.ndarray, n: int) -> np.ndarray:
+    """Tumour-core voxels (necrosis or enhancing) per component."""
+    return np.bincount(comp.ravel(), weights=np.isin(labels, (1, 4)).ravel(), minlength=n + 1)[1:]
+
+
+def _described(comp, sizes, core, indices, voxel_ml) -> list[dict]:
+    from scipy import ndimage
+
+    centres = ndimage.center_of_mass(np.ones(comp.shape), comp, [i + 1 for i in indices])
+    return sorted(({"ml": float(sizes[i] * voxel_ml), "core_ml": float(core[i] * voxel_ml),
+                    "centre": [float(c) for c in centre]} for i, centre in zip(indices, centres)),
+                  key=lambda r: -r["ml"])
 
 
 def _prepare(images: Sequence[Volume | None], mask: Volume, kind: str, clip) -> np.ndarray:
