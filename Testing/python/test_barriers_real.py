@@ -1,11 +1,14 @@
 """Cerebellum and ventricles on real heads: the multi-atlas stage (``barriers/multiatlas.py``).
 
 Fast checks of the definitions, the shipped atlases and their terms, the per-case CSF model (both
-contrast signs), bad input and the step's option. The accuracy on real heads (OASIS, leave-one-out)
+contrast signs), bad input, the step's option, and one real BraTS scan through the skullstrip
+step's mask. The accuracy on real heads (OASIS, leave-one-out)
 is measured by ``bench/barriers_accuracy.py --oasis``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +242,21 @@ def test_the_multi_atlas_stage_fuses_an_agreeing_atlas_and_leaves_out_a_failed_o
                                                    expected_cerebellum=elsewhere)
     assert labels is None and fused is None
     assert len(notes) == 1 and "atlas 1000 left out" in notes[0] and "registration failed" in notes[0]
+
+
+GLI = Path(__file__).resolve().parents[3] / "shared" / "data" / "brats-gli" / "BraTS-GLI-00002-000"
+
+
+@pytest.mark.skipif(not GLI.is_dir(), reason="shared/data/brats-gli not found")
+def test_the_ventricles_of_an_already_stripped_scan_are_drawn():
+    """A BraTS T1 (skull-stripped, zero outside the brain) through the skullstrip step's mask, as
+    `run` does: its ventricles came out 0.06 ml when the mask took in the zero fill around the brain
+    (it became the CSF model's darkest class); 19 ml since (no expert label: a plausible range)."""
+    from brainbarriers.io import load_volume
+    from brainbarriers.skullstrip.core import brain_mask
+
+    t1 = load_volume(GLI / "BraTS-GLI-00002-000_t1.nii.gz")
+    labels, _, notes = M.multiatlas_structures(t1, brain_mask(t1).mask)
+    ventricles_ml = (labels == M.VENTRICLES).sum() * t1.voxel_volume_ml
+    cerebellum_ml = (labels == M.CEREBELLUM).sum() * t1.voxel_volume_ml
+    assert notes == [] and 8 < ventricles_ml < 60 and 100 < cerebellum_ml < 200, (ventricles_ml, cerebellum_ml)
