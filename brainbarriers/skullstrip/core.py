@@ -123,16 +123,16 @@ def scan_background(image: np.ndarray) -> np.ndarray:
     inside deepbet's mask); in a raw head the faces hold noise and it is empty or air."""
     import cc3d
 
+    def faces(array: np.ndarray) -> np.ndarray:
+        return np.concatenate([array[(slice(None),) * a + (end,)].ravel()
+                               for a in range(array.ndim) for end in (0, -1)])
+
     image = np.asarray(image)
-    faces = np.concatenate([image[(slice(None),) * a + (end,)].ravel()
-                            for a in range(image.ndim) for end in (0, -1)])
-    values, counts = np.unique(faces, return_counts=True)
-    if counts.max() < 0.5 * faces.size:
+    values, counts = np.unique(faces(image), return_counts=True)
+    if counts.max() < 0.5 * counts.sum():
         return np.zeros(image.shape, bool)
-    fill = values[counts.argmax()]
-    labels = cc3d.connected_components(image == fill, connectivity=6)
-    on_faces = np.unique(np.concatenate([labels[(slice(None),) * a + (end,)].ravel()
-                                         for a in range(image.ndim) for end in (0, -1)]))
+    labels = cc3d.connected_components(image == values[counts.argmax()], connectivity=6)
+    on_faces = np.unique(faces(labels))
     return np.isin(labels, on_faces[on_faces > 0])
 
 
