@@ -25,6 +25,9 @@ MAX_ROTATION_DEG = 20.0
 #: nothing is resampled for it.
 MIN_SHIFT_MM = 1.5
 MIN_ROTATION_DEG = 1.5
+#: Names ``rigid_coregister`` as it computes: a run reuses an earlier run's move only when this and
+#: both files are the same. Change it with anything that changes the transforms it finds.
+RIGID_METHOD = "mattes-mi-15pc-seed1-4+2mm-100it"
 
 
 def shrunk(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -83,6 +86,14 @@ def rigid_coregister(fixed: Volume, moving: Volume, iterations: int = 100) -> si
     return start
 
 
+def euler_transform(center_lps, parameters) -> sitk.Euler3DTransform:
+    """The rigid transform recorded as its centre and Euler parameters (LPS, mm, radians)."""
+    euler = sitk.Euler3DTransform()
+    euler.SetCenter(list(center_lps))
+    euler.SetParameters(list(parameters))
+    return euler
+
+
 def rigid_motion(transform: sitk.Euler3DTransform) -> tuple[float, float]:
     """(shift of the rotation centre in mm, rotation angle in degrees) of a rigid transform."""
     rotation = np.asarray(transform.GetMatrix(), float).reshape(3, 3)
@@ -94,9 +105,7 @@ def sequence_to_reference_ras(record: dict) -> np.ndarray:
     """The 4x4 RAS matrix that carries a co-registered sequence onto its reference, from the run
     manifest's ``coregistration`` record (whose Euler transform, in LPS, maps reference points to
     the sequence's): what a viewer applies to the sequence to show it aligned with the results."""
-    euler = sitk.Euler3DTransform()
-    euler.SetCenter(record["center_lps"])
-    euler.SetParameters(record["euler3d_lps"])
+    euler = euler_transform(record["center_lps"], record["euler3d_lps"])
     reference_to_sequence = np.eye(4)
     reference_to_sequence[:3, :3] = np.asarray(euler.GetMatrix()).reshape(3, 3)
     centre = np.asarray(euler.GetCenter())

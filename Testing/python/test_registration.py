@@ -138,6 +138,43 @@ def test_the_pipeline_moves_the_clinical_sequences_and_leaves_aligned_ones_untou
     np.testing.assert_array_equal(out, world)
 
 
+def test_a_rerun_takes_each_move_from_the_manifest_and_resamples_to_the_bit(tmp_path, monkeypatch):
+    """A second run in the folder finds each move recorded for the same two files (no registration
+    again: 1-2 s a sequence) and gives the steps the very same FLAIR; another FLAIR is registered."""
+    import brainbarriers.registration as registration
+
+    seen = []
+
+    def keep_flair(ctx):
+        seen.append(ctx.get("flair").array.copy())
+        return _keep_flair(ctx)
+
+    step = Step("mask", keep_flair, sequences=("flair",), outputs=("brain_mask",), labels=("brain_mask",))
+    registered = []
+    original = registration.rigid_coregister
+    monkeypatch.setattr(registration, "rigid_coregister",
+                        lambda *a, **k: registered.append(1) or original(*a, **k))
+    inputs = {s: TCGA / f"{s}.nii.gz" for s in ("t1ce", "flair")}
+    first = PipelineRun(inputs, tmp_path / "run", [step], device="cpu")
+    first.run()
+    (tmp_path / "run" / "work" / "brain_mask.nii.gz").unlink()  # so that the step runs again
+    second = PipelineRun(inputs, tmp_path / "run", [step], device="cpu")
+    second.run()
+    assert len(registered) == 1 and len(seen) == 2
+    assert second.coregistration == first.coregistration and first.coregistration["flair"]["applied"]
+    np.testing.assert_array_equal(seen[0], seen[1])
+    warned = " ".join(w["message"] for w in second.warnings)
+    assert "flair" in warned and "rigidly co-registered to the reference t1ce" in warned
+
+    other = tmp_path / "flair.nii.gz"  # another file (one voxel changed): registered anew
+    flair = load_volume(inputs["flair"])
+    array = flair.array.copy()
+    array[0, 0, 0] += 1
+    sitk.WriteImage(to_sitk(flair.with_array(array)), str(other))
+    PipelineRun({**inputs, "flair": other}, tmp_path / "run", [step], device="cpu").run()
+    assert len(registered) == 2
+
+
 def test_a_move_too_large_to_be_real_is_refused_with_a_warning(tmp_path, monkeypatch):
     """The TCGA FLAIR's 13.5 degrees, with the plausible limit set below it: the headers' alignment
     is kept, the manifest says so and a warning asks to check the scan."""

@@ -332,7 +332,9 @@ class PipelineRun:
         self.warnings.append({"step": step, "message": message})
         self.emit(ProgressEvent("warning", step, message=message))
 
-    def _prepare_sequences(self) -> None:
+    def _prepare_sequences(self, earlier_moves: dict) -> None:
+        """Each sequence on the reference grid, co-registered as ``self.coregister`` says;
+        ``earlier_moves``: the previous run's ``coregistration`` record in this folder."""
         ref = self.volumes[self.reference]
         self.input_sha256 = {name: sha256_file(path) for name, path in self.given.items()}
         self.coregistration = {}
@@ -348,32 +350,40 @@ class PipelineRun:
                     f"the reference {self.reference} ({ref.grid.describe()}); resampled to it"
                 )
             self.cancel.check()
-            transform = self._coregistration(name, volume, ref) if coregister else None
+            transform = (self._coregistration(name, volume, ref, earlier_moves.get(name))
+                         if coregister else None)
             volume = resample_to(volume, ref.grid, transform=transform)
             self._cache[name] = to_canonical(volume.with_array(volume.array.astype(np.float32)))
             self._product_keys[name] = key
 
-    def _coregistration(self, name: str, volume: Volume, ref: Volume):
+    def _coregistration(self, name: str, volume: Volume, ref: Volume, earlier: dict | None):
         """The rigid move that puts ``volume`` on the reference (a SimpleITK transform), or None
         where the headers' alignment is kept: a move within the registration's own error (mode
-        "auto"), or one too large for a patient within one session (a failed registration)."""
+        "auto"), or one too large for a patient within one session (a failed registration).
+        ``earlier`` (this sequence's record from the folder's previous run) gives the move
+        without registering again when it was found for the same two files the same way."""
         from .. import registration as reg  # here: SimpleITK costs ~100 MB (see resample_to)
 
-        try:
-            transform = reg.rigid_coregister(ref, volume)
-        except RuntimeError as e:  # ITK's own failures (e.g. no overlap left to sample)
-            reason = (str(e).strip().splitlines() or ["no reason given"])[-1]
-            self.warn(f"{name} ({self.given[name]}): co-registration to the reference "
-                      f"{self.reference} failed ({reason}); the headers' alignment is kept")
-            return None
+        key = _hash({"moving": self.input_sha256[name], "fixed": self.input_sha256[self.reference],
+                     "method": reg.RIGID_METHOD})
+        if earlier and earlier.get("key") == key:  # recorded to the bit: the same resampling
+            transform = reg.euler_transform(earlier["center_lps"], earlier["euler3d_lps"])
+        else:
+            try:
+                transform = reg.rigid_coregister(ref, volume)
+            except RuntimeError as e:  # ITK's own failures (e.g. no overlap left to sample)
+                reason = (str(e).strip().splitlines() or ["no reason given"])[-1]
+                self.warn(f"{name} ({self.given[name]}): co-registration to the reference "
+                          f"{self.reference} failed ({reason}); the headers' alignment is kept")
+                return None
         shift, angle = reg.rigid_motion(transform)
         implausible = shift > reg.MAX_SHIFT_MM or angle > reg.MAX_ROTATION_DEG
         small = shift <= reg.MIN_SHIFT_MM and angle <= reg.MIN_ROTATION_DEG
         applied = not implausible and not (small and self.coregister == "auto")
         self.coregistration[name] = {
             "to": self.reference, "shift_mm": round(shift, 3), "rotation_deg": round(angle, 3),
-            "applied": applied, "center_lps": [round(c, 4) for c in transform.GetCenter()],
-            "euler3d_lps": [round(p, 6) for p in transform.GetParameters()]}
+            "applied": applied, "center_lps": list(transform.GetCenter()),
+            "euler3d_lps": list(transform.GetParameters()), "key": key}
         move = f"{shift:.1f} mm and {angle:.1f} degrees"
         if implausible:
             self.warn(f"{name} ({self.given[name]}): co-registration to the reference {self.reference} "
@@ -410,7 +420,8 @@ class PipelineRun:
 
     def _run_locked(self) -> dict[str, Path]:
         self.started = time.time()
-        previous = {s["name"]: s for s in self._previous_manifest().get("steps", [])}
+        earlier = self._previous_manifest()
+        previous = {s["name"]: s for s in earlier.get("steps", [])}
         _remove_partial_files(self.out)
         (self.out / WORK).mkdir(exist_ok=True)
         self._write_manifest("running")  # from here on the manifest names this run's inputs
@@ -420,7 +431,7 @@ class PipelineRun:
                                                "out": str(self.out), "device": self.device}))
         status = "running"
         try:
-            self._prepare_sequences()
+            self._prepare_sequences(earlier.get("coregistration", {}))
             for step in self.steps:
                 self.cancel.check()
                 self._run_step(step, previous.get(step.name))
