@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from brainbarriers.io import affine_from_sitk, load_volume, save_volume, to_sitk
 from brainbarriers.metrics import brats_scores
 from brainbarriers.pipeline import PipelineRun, plan
+from brainbarriers.registration import euler_transform
 from brainbarriers.volume import Volume
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -61,10 +62,8 @@ def clinical_copy(volume: Volume, moved_by: sitk.Transform, tilt_deg: float) -> 
 
 
 def registration_error(record: dict, truth: sitk.Transform, points) -> tuple[float, float]:
-    found = sitk.Euler3DTransform()  # the headers' alignment, unless a move was applied
-    if record.get("applied"):
-        found.SetCenter(record["center_lps"])
-        found.SetParameters(record["euler3d_lps"])
+    found = (euler_transform(record["center_lps"], record["euler3d_lps"]) if record.get("applied")
+             else sitk.Euler3DTransform())  # the headers' alignment, unless a move was applied
     inverse = truth.GetInverse()
     d = [np.linalg.norm(np.subtract(found.TransformPoint(p), inverse.TransformPoint(p))) for p in points]
     return float(np.mean(d)), float(np.max(d))
