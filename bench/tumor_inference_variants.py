@@ -1,0 +1,165 @@
+"""Inference-time variants of a tumour package on its held-out BraTS cases, side by side.
+
+Each case is segmented by the fold that did not see it (on the scans' non-zero voxels, as in
+training), and every variant's probabilities go through the tumour step's decisions: threshold
+0.5, small enhancing regions relabelled, the main-tumour rule. The variants:
+
+- ``windows``: the tumour step as it is (sliding windows of the package's patch size);
+- ``whole-window``: one window over the whole brain box instead;
+- ``shift``: probabilities averaged over the input shifted by -0.1, 0 and +0.1 z inside the brain
+  (a global scale is no variant at all: the network's first instance norm cancels it);
+- ``normal-brain oracle`` / ``normal-brain first pass``: each sequence re-scaled so that the brain
+  outside the tumour has the cohort's mean normal-brain mean and spread, the tumour taken from the
+  expert (an upper bound) or from the ``windows`` pass (what inference could do);
+- ``hysteresis T``: the whole tumour is every component of probability > T that holds a voxel
+  above 0.5 (``windows``' probabilities); ``hysteresis nested``: T chosen for each fold's cases by
+  the mean WT Dice of the other folds' cases, among 0.5 (none), 0.4, 0.3, 0.2;
+- ``filled``: holes in the whole tumour filled;
+- ``expert labels via the grid``: no network, the expert's regions taken to the package's grid and
+  back as probabilities are, without the step's rules (what the voxel size alone costs).
+
+    python bench/tumor_inference_variants.py [--flips] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tumor_validation import REGIONS, held_out_by, held_out_cases  # noqa: E402
+
+HYSTERESIS = (0.5, 0.4, 0.3, 0.2)
+SHIFT_Z = 0.1
+
+
+def main() -> int:
+    import torch
+    from scipy import ndimage
+
+    from brainbarriers.metrics import brats_scores
+    from brainbarriers.models import load_package
+    from brainbarriers.tumor.inference import (
+        _prepare,
+        keep_main_tumour,
+        onto,
+        predict_array,
+        relabel_small_et,
+        work_grid,
+    )
+    from brainbarriers.tumor.preprocess import brain_box, labels_from_regions
+    from brainbarriers.tumor.step import DEFAULT_MODEL
+    from brainbarriers.tumor.train import find_cases, load_case_volumes
+    from brainbarriers.volume import Volume
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--package", default=DEFAULT_MODEL)
+    ap.add_argument("--flips", action="store_true", help="test-time flips in every variant")
+    ap.add_argument("--cases", nargs="*", default=None,
+                    help="only these held-out case ids (the cohort's normal brain then from them)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pkg = load_package(args.package)
+    m = pkg.manifest
+    post = m.get("postprocess", {})
+
+    cases = []
+    for folder in held_out_cases(pkg):
+        case = find_cases(folder)[0]
+        if args.cases and case["id"] not in args.cases:
+            continue
+        vols, mask, truth = load_case_volumes(case)
+        grid = work_grid(mask.grid, m.get("spacing_mm"))
+        work_mask = onto(mask, grid, label=True)
+        brain = work_mask.array > 0
+        x = _prepare([onto(vols[s], grid) for s in pkg.inputs], work_mask, "brain-zscore",
+                     tuple(m["normalisation"]["clip_percentiles"]))
+        expert_wt = (onto(truth, grid, label=True).array > 0) & brain
+        cases.append({"id": case["id"], "fold": held_out_by(pkg, case["id"]), "mask": mask,
+                      "truth": truth, "grid": grid, "brain": brain, "x": x, "expert_wt": expert_wt})
+
+    # The cohort's normal brain (outside the expert's tumour), per sequence, in z units.
+    normal = np.array([[(c["x"][k][c["brain"] & ~c["expert_wt"]].mean(),
+                         c["x"][k][c["brain"] & ~c["expert_wt"]].std()) for k in range(len(pkg.inputs))]
+                       for c in cases]).mean(0)
+
+    def renormalised(x, brain, tumour):
+        y = x.copy()
+        for k, (mean, std) in enumerate(normal):
+            v = x[k][brain & ~tumour]
+            y[k][brain] = (x[k][brain] - v.mean()) / v.std() * std + mean
+        return y
+
+    def probabilities(c, x, whole=False):
+        """WT/TC/ET probabilities on the case's own grid."""
+        box = brain_box(c["brain"], margin=4)
+        crop = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box], dtype=np.float32))
+        roi = ([int(np.ceil(s / 16) * 16) for s in crop.shape[1:]] if whole else m["patch_size"])
+        prob = predict_array([pkg.build_network(c["fold"])], crop, roi=roi, head="regions",
+                             tta=args.flips)
+        full = np.zeros((3,) + c["brain"].shape, np.float32)
+        full[(slice(None),) + box] = prob
+        return np.stack([onto(Volume(p, c["grid"].affine), c["mask"].grid).array for p in full])
+
+    def scores(c, wt, prob, decided=True):
+        brain = c["mask"].array > 0
+        ml = c["mask"].voxel_volume_ml
+        labels = labels_from_regions(wt & brain, (prob[1] > 0.5) & brain, (prob[2] > 0.5) & brain)
+        if decided:  # the tumour step's rules
+            labels = relabel_small_et(labels, ml, post.get("small_et_ml", 0.2))
+            labels, _ = keep_main_tumour(labels, ml, post.get("focus_core_ml", 1.0))
+        return brats_scores(c["mask"].with_array(labels), c["truth"])
+
+    rows = {}
+    for c in cases:
+        x, brain = c["x"], c["brain"]
+        base = probabilities(c, x)
+        shifted = [probabilities(c, x + s * brain) for s in (-SHIFT_Z, SHIFT_Z)]
+        first_wt = (onto(Volume(base[0], c["mask"].affine), c["grid"]).array > 0.5) & brain
+        variants = {
+            "windows": base,
+            "whole-window": probabilities(c, x, whole=True),
+            "shift": (base + shifted[0] + shifted[1]) / 3,
+            "normal-brain oracle": probabilities(c, renormalised(x, brain, c["expert_wt"])),
+            "normal-brain first pass": probabilities(c, renormalised(x, brain, first_wt)),
+        }
+        row = {name: scores(c, p[0] > 0.5, p) for name, p in variants.items()}
+        for low in HYSTERESIS:
+            parts, _ = ndimage.label(base[0] > low)
+            seeds = np.unique(parts[base[0] > 0.5])
+            row[f"hysteresis {low}"] = scores(c, np.isin(parts, seeds[seeds > 0]), base)
+        row["filled"] = scores(c, ndimage.binary_fill_holes(base[0] > 0.5), base)
+        expert = [(c["truth"].array > 0), np.isin(c["truth"].array, (1, 4)), c["truth"].array == 4]
+        via_grid = np.stack([onto(onto(c["truth"].with_array(r.astype(np.float32)), c["grid"]),
+                                  c["mask"].grid).array for r in expert])
+        row["expert labels via the grid"] = scores(c, via_grid[0] > 0.5, via_grid, decided=False)
+        rows[c["id"]] = row
+        print(f"{c['id']:<24}" + "  ".join(f"{n} {r['WT']['dice']:.3f}" for n, r in row.items()),
+              flush=True)
+
+    for c in cases:  # T chosen on the other folds' cases
+        others = [o["id"] for o in cases if o["fold"] != c["fold"]]
+        best = max(HYSTERESIS, key=lambda t: (np.mean([rows[i][f"hysteresis {t}"]["WT"]["dice"]
+                                                       for i in others]), t))
+        rows[c["id"]]["hysteresis nested"] = {**rows[c["id"]][f"hysteresis {best}"], "T": best}
+
+    print(f"\nmean over {len(cases)} held-out cases (Dice / HD95 mm), flips {'on' if args.flips else 'off'}")
+    for name in rows[cases[0]["id"]]:
+        sel = [r[name] for r in rows.values()]
+        print(f"{name:<28}" + " ".join(
+            f"{k} {np.mean([s[k]['dice'] for s in sel]):.4f}/{np.mean([s[k]['hd95'] for s in sel]):5.1f}"
+            for k in REGIONS))
+    print("hysteresis nested chose", {c["id"]: rows[c["id"]]["hysteresis nested"]["T"] for c in cases})
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
