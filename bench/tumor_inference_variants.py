@@ -78,7 +78,7 @@ def main() -> int:
         grid = work_grid(mask.grid, m.get("spacing_mm"))
         work_mask = onto(mask, grid, label=True)
         brain = work_mask.array > 0
-        x = _prepare([onto(vols[s], grid) for s in pkg.inputs], work_mask, "brain-zscore",
+        x = _prepare([onto(vols[s], grid) for s in pkg.inputs], work_mask, m["normalisation"]["kind"],
                      tuple(m["normalisation"]["clip_percentiles"]))
         expert_wt = (onto(truth, grid, label=True).array > 0) & brain
         cases.append({"id": case["id"], "fold": held_out_by(pkg, case["id"]), "mask": mask,
