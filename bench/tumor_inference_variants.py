@@ -96,13 +96,16 @@ def main() -> int:
             y[k][brain] = (x[k][brain] - v.mean()) / v.std() * std + mean
         return y
 
+    networks = {}  # one per fold, built once
+
     def probabilities(c, x, whole=False):
         """WT/TC/ET probabilities on the case's own grid."""
         box = brain_box(c["brain"], margin=4)
         crop = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box], dtype=np.float32))
         roi = ([int(np.ceil(s / 16) * 16) for s in crop.shape[1:]] if whole else m["patch_size"])
-        prob = predict_array([pkg.build_network(c["fold"])], crop, roi=roi, head="regions",
-                             tta=args.flips)
+        if c["fold"] not in networks:
+            networks[c["fold"]] = pkg.build_network(c["fold"])
+        prob = predict_array([networks[c["fold"]]], crop, roi=roi, head="regions", tta=args.flips)
         full = np.zeros((3,) + c["brain"].shape, np.float32)
         full[(slice(None),) + box] = prob
         return np.stack([onto(Volume(p, c["grid"].affine), c["mask"].grid).array for p in full])
