@@ -1,0 +1,139 @@
+"""Two cross-validated tumour packages and their ensemble on the held-out BraTS cases.
+
+Each held-out case is segmented by the fold of each package that did not see it (the two packages
+must share their split). Every network runs once per flip variant (the identity and the 7 flips),
+and the probabilities are combined four ways:
+
+- ``A``: the first package alone, its eight flips (the tumour step's TTA for one network);
+- ``B``: the second package alone, its eight flips;
+- ``A+B shared``: A's even and B's odd flip variants, as the step shares the flips among the nets
+  of a package (same number of network passes as one package);
+- ``A+B all``: both packages' eight flips (twice the passes).
+
+The labels then go through the tumour step's decisions, in its order, with the first package's
+``postprocess``: threshold 0.5, the main-tumour rule, small enhancing regions relabelled. The brain
+mask is the skullstrip step's (deepbet on the T1, as ``brainbarriers run`` gives it) unless
+``--brain-mask nonzero``. The two packages must share ``spacing_mm`` and ``normalisation`` (the
+input is prepared once); each keeps its own window size.
+
+    python bench/tumor_ensemble.py --packages default brats-conresnet-cpu --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tumor_validation import REGIONS, held_out_by, held_out_cases  # noqa: E402
+
+
+def main() -> int:
+    import torch
+
+    from brainbarriers.metrics import brats_scores
+    from brainbarriers.models import load_package
+    from brainbarriers.skullstrip.core import brain_mask
+    from brainbarriers.tumor.inference import (
+        _prepare,
+        keep_main_tumour,
+        onto,
+        relabel_small_et,
+        work_grid,
+    )
+    from brainbarriers.tumor.preprocess import brain_box, labels_from_regions
+    from brainbarriers.tumor.step import DEFAULT_MODEL
+    from brainbarriers.tumor.train import find_cases, load_case_volumes
+    from brainbarriers.volume import Volume
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packages", nargs=2, default=["default", "brats-conresnet-cpu"])
+    ap.add_argument("--brain-mask", choices=("nonzero", "skullstrip"), default="skullstrip")
+    ap.add_argument("--cases", nargs="*", default=None, help="only these held-out case ids")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None, help="write every figure to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    a, b = (load_package(DEFAULT_MODEL if p == "default" else p) for p in args.packages)
+    for key in ("spacing_mm", "normalisation"):
+        if a.manifest.get(key) != b.manifest.get(key):
+            raise SystemExit(f"the packages differ in {key}: {a.manifest.get(key)} and "
+                             f"{b.manifest.get(key)}")
+    m = a.manifest
+    post = m.get("postprocess", {})
+    norm = m["normalisation"]
+
+    rows = {}
+    for folder in held_out_cases(a):
+        case = find_cases(folder)[0]
+        if args.cases and case["id"] not in args.cases:
+            continue
+        folds = held_out_by(a, case["id"]), held_out_by(b, case["id"])
+        if folds[0] != folds[1]:
+            raise SystemExit(f"{case['id']} is held out by {folds[0]} of one package and "
+                             f"{folds[1]} of the other: not the same split")
+        t = time.perf_counter()
+        vols, mask, truth = load_case_volumes(case)
+        if args.brain_mask == "skullstrip":
+            mask = brain_mask(vols["t1"]).mask
+        grid = work_grid(mask.grid, m.get("spacing_mm"))
+        work_mask = onto(mask, grid, label=True)
+        x = _prepare([onto(vols[s], grid) for s in a.inputs], work_mask, norm["kind"],
+                     tuple(norm["clip_percentiles"]))
+        box = brain_box(work_mask.array > 0, margin=4)
+        crop = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))
+
+        pa, pb = (flip_passes(pkg.build_network(folds[0]), crop, pkg.manifest["patch_size"])
+                  for pkg in (a, b))
+        combined = {"A": pa, "B": pb, "A+B shared": pa[0::2] + pb[1::2], "A+B all": pa + pb}
+        row = {}
+        for name, probs in combined.items():
+            full = np.zeros((3,) + work_mask.shape, np.float32)
+            full[(slice(None),) + box] = np.mean(probs, axis=0)
+            full = np.stack([onto(Volume(c, grid.affine), mask.grid).array for c in full])
+            brain = mask.array > 0
+            labels = labels_from_regions((full[0] > 0.5) & brain, (full[1] > 0.5) & brain,
+                                         (full[2] > 0.5) & brain)
+            ml = mask.voxel_volume_ml
+            labels, _ = keep_main_tumour(labels, ml, float(post.get("focus_core_ml", 0.0)))
+            labels = relabel_small_et(labels, ml, float(post.get("small_et_ml", 0.2)))
+            row[name] = brats_scores(mask.with_array(labels.astype(np.uint8)), truth)
+        rows[case["id"]] = row
+        print(f"{case['id']:<24}{folds[0]}  " + "  ".join(
+            f"{n} " + "/".join(f"{r[k]['dice']:.3f}" for k in REGIONS) for n, r in row.items())
+            + f"  {time.perf_counter() - t:.0f} s", flush=True)
+
+    print(f"\nmean over {len(rows)} held-out cases (Dice / HD95 mm), brain mask: {args.brain_mask}; "
+          f"A = {a.name}, B = {b.name}")
+    for name in next(iter(rows.values())):
+        sel = [r[name] for r in rows.values()]
+        print(f"{name:<12}" + " ".join(
+            f"{k} {np.mean([s[k]['dice'] for s in sel]):.4f}/{np.mean([s[k]['hd95'] for s in sel]):5.1f}"
+            for k in REGIONS))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def flip_passes(net, crop, roi) -> list:
+    """The network's probabilities for a C x spatial crop, one array per flip variant."""
+    import torch
+
+    from brainbarriers.tumor.inference import FLIPS, predict_array
+
+    out = []
+    for flip in FLIPS:
+        dims = [f - 1 for f in flip]  # FLIPS name the axes of a batch; the crop has none
+        x = torch.flip(crop, dims) if flip else crop
+        p = torch.from_numpy(predict_array([net], x, roi=roi, tta=False))
+        out.append((torch.flip(p, dims) if flip else p).numpy())
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
