@@ -25,7 +25,7 @@ runs once untimed first (CUDA start-up, cuDNN's algorithm search), and the peak 
 that PyTorch allocated. ``--package PATH`` stands another package in for ``default`` (a model of
 the same architecture, to time where the default's weights are not).
 
-    python bench/bench_tumor.py --threads 2 --configs default,phantom,segresnet --tta both
+    python bench/bench_tumor.py --threads 2 --configs default,phantom,segresnet,conresnet --tta both
     python bench/bench_tumor.py --device cuda --case demo --configs default,segresnet
 """
 
@@ -153,7 +153,7 @@ def run_one(config: str, tta: bool, threads: int, case: str, flips: int = 8,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="default,phantom,segresnet")
+    ap.add_argument("--configs", default="default,phantom,segresnet,conresnet")
     ap.add_argument("--case", default=None, help="BraTS case folder, or 'demo'")
     ap.add_argument("--tta", default="both", choices=["on", "off", "both"])
     ap.add_argument("--threads", type=int, default=2)

@@ -2,13 +2,16 @@
 
 Each held-out case is segmented by the fold of each package that did not see it (the two packages
 must share their split). Every network runs once per flip variant (the identity and the 7 flips),
-and the probabilities are combined four ways:
+and the probabilities are combined these ways:
 
 - ``A``: the first package alone, its eight flips (the tumour step's TTA for one network);
 - ``B``: the second package alone, its eight flips;
 - ``A+B shared``: A's even and B's odd flip variants, as the step shares the flips among the nets
   of a package (same number of network passes as one package);
-- ``A+B all``: both packages' eight flips (twice the passes).
+- ``A+B all``: both packages' eight flips (twice the passes);
+- with ``--weights``, ``A+B shared w=W``: as ``A+B shared`` but B weighted W against A's 1 - W,
+  and ``A+B shared, w nested``: W chosen for each fold's cases by the mean WT Dice of the other
+  folds' cases (ties: the smaller W).
 
 The labels then go through the tumour step's decisions, in its order, with the first package's
 ``postprocess``: threshold 0.5, the main-tumour rule, small enhancing regions relabelled. The brain
@@ -17,6 +20,7 @@ mask is the skullstrip step's (deepbet on the T1, as ``brainbarriers run`` gives
 input is prepared once); each keeps its own window size.
 
     python bench/tumor_ensemble.py --packages default brats-conresnet-cpu --json out.json
+    python bench/tumor_ensemble.py --weights 0 0.25 0.5
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ def main() -> int:
     ap.add_argument("--packages", nargs=2, default=["default", "brats-conresnet-cpu"])
     ap.add_argument("--brain-mask", choices=("nonzero", "skullstrip"), default="skullstrip")
     ap.add_argument("--cases", nargs="*", default=None, help="only these held-out case ids")
+    ap.add_argument("--weights", type=float, nargs="*", default=[],
+                    help="also B weighted w against A's 1 - w (flips shared), and w chosen for "
+                         "each fold's cases by the mean WT of the other folds' cases")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="write every figure to this file")
     args = ap.parse_args()
@@ -90,11 +97,15 @@ def main() -> int:
 
         pa, pb = (flip_passes(pkg.build_network(folds[0]), crop, pkg.manifest["patch_size"])
                   for pkg in (a, b))
-        combined = {"A": pa, "B": pb, "A+B shared": pa[0::2] + pb[1::2], "A+B all": pa + pb}
+        combined = {"A": np.mean(pa, 0), "B": np.mean(pb, 0),
+                    "A+B shared": np.mean(pa[0::2] + pb[1::2], 0), "A+B all": np.mean(pa + pb, 0)}
+        for w in args.weights:
+            combined[f"A+B shared w={w:g}"] = ((1 - w) * np.mean(pa[0::2], 0)
+                                               + w * np.mean(pb[1::2], 0))
         row = {}
-        for name, probs in combined.items():
+        for name, prob in combined.items():
             full = np.zeros((3,) + work_mask.shape, np.float32)
-            full[(slice(None),) + box] = np.mean(probs, axis=0)
+            full[(slice(None),) + box] = prob
             full = np.stack([onto(Volume(c, grid.affine), mask.grid).array for c in full])
             brain = mask.array > 0
             labels = labels_from_regions((full[0] > 0.5) & brain, (full[1] > 0.5) & brain,
@@ -108,11 +119,20 @@ def main() -> int:
             f"{n} " + "/".join(f"{r[k]['dice']:.3f}" for k in REGIONS) for n, r in row.items())
             + f"  {time.perf_counter() - t:.0f} s", flush=True)
 
+    if args.weights:  # w chosen on the other folds' cases (ties: the smaller w)
+        fold_of = {cid: held_out_by(a, cid) for cid in rows}
+        for cid, row in rows.items():
+            others = [o for o in rows if fold_of[o] != fold_of[cid]]
+            best = max(sorted(args.weights), key=lambda w: (np.mean(
+                [rows[o][f"A+B shared w={w:g}"]["WT"]["dice"] for o in others]), -w))
+            row["A+B shared, w nested"] = {**row[f"A+B shared w={best:g}"], "w": best}
+        print("nested w:", {cid: row["A+B shared, w nested"]["w"] for cid, row in rows.items()})
+
     print(f"\nmean over {len(rows)} held-out cases (Dice / HD95 mm), brain mask: {args.brain_mask}; "
           f"A = {a.name}, B = {b.name}")
     for name in next(iter(rows.values())):
         sel = [r[name] for r in rows.values()]
-        print(f"{name:<12}" + " ".join(
+        print(f"{name:<22}" + " ".join(
             f"{k} {np.mean([s[k]['dice'] for s in sel]):.4f}/{np.mean([s[k]['hd95'] for s in sel]):5.1f}"
             for k in REGIONS))
     if args.json:
