@@ -13,9 +13,9 @@ and the probabilities are combined these ways:
   and ``A+B shared, w nested``: W chosen for each fold's cases by the mean WT Dice of the other
   folds' cases (ties: the smaller W).
 
-The labels then go through the tumour step's decisions, in its order, with the first package's
-``postprocess``: threshold 0.5, the main-tumour rule, small enhancing regions relabelled. The brain
-mask is the skullstrip step's (deepbet on the T1, as ``brainbarriers run`` gives it) unless
+The case is prepared and the labels decided by the tumour step's own code
+(``tumor.inference.prepare_input`` and ``decide``, with the first package's ``postprocess``). The
+brain mask is the skullstrip step's (deepbet on the T1, as ``brainbarriers run`` gives it) unless
 ``--brain-mask nonzero``. The two packages must share ``spacing_mm`` and ``normalisation`` (the
 input is prepared once); each keeps its own window size.
 
@@ -43,17 +43,9 @@ def main() -> int:
     from brainbarriers.metrics import brats_scores
     from brainbarriers.models import load_package
     from brainbarriers.skullstrip.core import brain_mask
-    from brainbarriers.tumor.inference import (
-        _prepare,
-        keep_main_tumour,
-        onto,
-        relabel_small_et,
-        work_grid,
-    )
-    from brainbarriers.tumor.preprocess import brain_box, labels_from_regions
+    from brainbarriers.tumor.inference import decide, prepare_input, to_input_grid
     from brainbarriers.tumor.step import DEFAULT_MODEL
     from brainbarriers.tumor.train import find_cases, load_case_volumes
-    from brainbarriers.volume import Volume
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packages", nargs=2, default=["default", "brats-conresnet-cpu"])
@@ -71,9 +63,6 @@ def main() -> int:
         if a.manifest.get(key) != b.manifest.get(key):
             raise SystemExit(f"the packages differ in {key}: {a.manifest.get(key)} and "
                              f"{b.manifest.get(key)}")
-    m = a.manifest
-    post = m.get("postprocess", {})
-    norm = m["normalisation"]
 
     rows = {}
     for folder in held_out_cases(a):
@@ -88,12 +77,8 @@ def main() -> int:
         vols, mask, truth = load_case_volumes(case)
         if args.brain_mask == "skullstrip":
             mask = brain_mask(vols["t1"]).mask
-        grid = work_grid(mask.grid, m.get("spacing_mm"))
-        work_mask = onto(mask, grid, label=True)
-        x = _prepare([onto(vols[s], grid) for s in a.inputs], work_mask, norm["kind"],
-                     tuple(norm["clip_percentiles"]))
-        box = brain_box(work_mask.array > 0, margin=4)
-        crop = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))
+        prepared = prepare_input({s: vols[s] for s in a.inputs}, mask, a)
+        crop = prepared.crop()
 
         pa, pb = (flip_passes(pkg.build_network(folds[0]), crop, pkg.manifest["patch_size"])
                   for pkg in (a, b))
@@ -104,16 +89,8 @@ def main() -> int:
                                                + w * np.mean(pb[1::2], 0))
         row = {}
         for name, prob in combined.items():
-            full = np.zeros((3,) + work_mask.shape, np.float32)
-            full[(slice(None),) + box] = prob
-            full = np.stack([onto(Volume(c, grid.affine), mask.grid).array for c in full])
-            brain = mask.array > 0
-            labels = labels_from_regions((full[0] > 0.5) & brain, (full[1] > 0.5) & brain,
-                                         (full[2] > 0.5) & brain)
-            ml = mask.voxel_volume_ml
-            labels, _ = keep_main_tumour(labels, ml, float(post.get("focus_core_ml", 0.0)))
-            labels = relabel_small_et(labels, ml, float(post.get("small_et_ml", 0.2)))
-            row[name] = brats_scores(mask.with_array(labels.astype(np.uint8)), truth)
+            labels, _, _ = decide(to_input_grid(prepared, prob), mask, a)
+            row[name] = brats_scores(mask.with_array(labels), truth)
         rows[case["id"]] = row
         print(f"{case['id']:<24}{folds[0]}  " + "  ".join(
             f"{n} " + "/".join(f"{r[k]['dice']:.3f}" for k in REGIONS) for n, r in row.items())

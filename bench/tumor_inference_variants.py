@@ -1,8 +1,9 @@
 """Inference-time variants of a tumour package on its held-out BraTS cases, side by side.
 
 Each case is segmented by the fold that did not see it (on the scans' non-zero voxels, as in
-training), and every variant's probabilities go through the tumour step's decisions: threshold
-0.5, small enhancing regions relabelled, the main-tumour rule. The variants:
+training) prepared as the tumour step prepares it, and every variant's probabilities go through
+the step's decisions (``tumor.inference.prepare_input`` and ``decide``: threshold 0.5, the
+main-tumour rule, small enhancing regions relabelled). The variants:
 
 - ``windows``: the tumour step as it is (sliding windows of the package's patch size);
 - ``whole-window``: one window over the whole brain box instead;
@@ -44,14 +45,12 @@ def main() -> int:
     from brainbarriers.metrics import brats_scores
     from brainbarriers.models import load_package
     from brainbarriers.tumor.inference import (
-        _prepare,
-        keep_main_tumour,
+        decide,
         onto,
         predict_array,
-        relabel_small_et,
-        work_grid,
+        prepare_input,
+        to_input_grid,
     )
-    from brainbarriers.tumor.preprocess import brain_box, labels_from_regions
     from brainbarriers.tumor.step import DEFAULT_MODEL
     from brainbarriers.tumor.train import find_cases, load_case_volumes
     from brainbarriers.volume import Volume
@@ -67,7 +66,6 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     pkg = load_package(args.package)
     m = pkg.manifest
-    post = m.get("postprocess", {})
 
     cases = []
     for folder in held_out_cases(pkg):
@@ -75,18 +73,17 @@ def main() -> int:
         if args.cases and case["id"] not in args.cases:
             continue
         vols, mask, truth = load_case_volumes(case)
-        grid = work_grid(mask.grid, m.get("spacing_mm"))
-        work_mask = onto(mask, grid, label=True)
-        brain = work_mask.array > 0
-        x = _prepare([onto(vols[s], grid) for s in pkg.inputs], work_mask, m["normalisation"]["kind"],
-                     tuple(m["normalisation"]["clip_percentiles"]))
-        expert_wt = (onto(truth, grid, label=True).array > 0) & brain
+        prepared = prepare_input({s: vols[s] for s in pkg.inputs}, mask, pkg)
+        expert_wt = (onto(truth, prepared.grid, label=True).array > 0) & prepared.brain
         cases.append({"id": case["id"], "fold": held_out_by(pkg, case["id"]), "mask": mask,
-                      "truth": truth, "grid": grid, "brain": brain, "x": x, "expert_wt": expert_wt})
+                      "truth": truth, "prepared": prepared, "expert_wt": expert_wt})
 
     # The cohort's normal brain (outside the expert's tumour), per sequence, in z units.
-    normal = np.array([[(c["x"][k][c["brain"] & ~c["expert_wt"]].mean(),
-                         c["x"][k][c["brain"] & ~c["expert_wt"]].std()) for k in range(len(pkg.inputs))]
+    def outside_tumour(c):
+        return c["prepared"].brain & ~c["expert_wt"]
+
+    normal = np.array([[(c["prepared"].x[k][outside_tumour(c)].mean(),
+                         c["prepared"].x[k][outside_tumour(c)].std()) for k in range(len(pkg.inputs))]
                        for c in cases]).mean(0)
 
     def renormalised(x, brain, tumour):
@@ -100,31 +97,28 @@ def main() -> int:
 
     def probabilities(c, x, whole=False):
         """WT/TC/ET probabilities on the case's own grid."""
-        box = brain_box(c["brain"], margin=4)
-        crop = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box], dtype=np.float32))
+        crop = c["prepared"].crop(x)
         roi = ([int(np.ceil(s / 16) * 16) for s in crop.shape[1:]] if whole else m["patch_size"])
         if c["fold"] not in networks:
             networks[c["fold"]] = pkg.build_network(c["fold"])
         prob = predict_array([networks[c["fold"]]], crop, roi=roi, head="regions", tta=args.flips)
-        full = np.zeros((3,) + c["brain"].shape, np.float32)
-        full[(slice(None),) + box] = prob
-        return np.stack([onto(Volume(p, c["grid"].affine), c["mask"].grid).array for p in full])
+        return to_input_grid(c["prepared"], prob)
 
-    def scores(c, wt, prob, decided=True):
-        brain = c["mask"].array > 0
-        ml = c["mask"].voxel_volume_ml
-        labels = labels_from_regions(wt & brain, (prob[1] > 0.5) & brain, (prob[2] > 0.5) & brain)
-        if decided:  # the tumour step's rules
-            labels = relabel_small_et(labels, ml, post.get("small_et_ml", 0.2))
-            labels, _ = keep_main_tumour(labels, ml, post.get("focus_core_ml", 1.0))
+    def scores(c, prob, wt=None, decided=True):
+        """The tumour step's decisions (none of its rules unless ``decided``), the whole tumour
+        ``wt`` in place of the probabilities' when given."""
+        if wt is not None:
+            prob = np.concatenate([wt[None].astype(np.float32), prob[1:]])
+        rules = {} if decided else {"small_et_ml": 0, "min_component_ml": 0, "focus_core_ml": 0}
+        labels, _, _ = decide(prob, c["mask"], pkg, **rules)
         return brats_scores(c["mask"].with_array(labels), c["truth"])
 
     rows = {}
     for c in cases:
-        x, brain = c["x"], c["brain"]
+        x, brain = c["prepared"].x, c["prepared"].brain
         base = probabilities(c, x)
         shifted = [probabilities(c, x + s * brain) for s in (-SHIFT_Z, SHIFT_Z)]
-        first_wt = (onto(Volume(base[0], c["mask"].affine), c["grid"]).array > 0.5) & brain
+        first_wt = (onto(Volume(base[0], c["mask"].affine), c["prepared"].grid).array > 0.5) & brain
         variants = {
             "windows": base,
             "whole-window": probabilities(c, x, whole=True),
@@ -132,16 +126,17 @@ def main() -> int:
             "normal-brain oracle": probabilities(c, renormalised(x, brain, c["expert_wt"])),
             "normal-brain first pass": probabilities(c, renormalised(x, brain, first_wt)),
         }
-        row = {name: scores(c, p[0] > 0.5, p) for name, p in variants.items()}
+        row = {name: scores(c, p) for name, p in variants.items()}
         for low in HYSTERESIS:
             parts, _ = ndimage.label(base[0] > low)
             seeds = np.unique(parts[base[0] > 0.5])
-            row[f"hysteresis {low}"] = scores(c, np.isin(parts, seeds[seeds > 0]), base)
-        row["filled"] = scores(c, ndimage.binary_fill_holes(base[0] > 0.5), base)
+            row[f"hysteresis {low}"] = scores(c, base, wt=np.isin(parts, seeds[seeds > 0]))
+        row["filled"] = scores(c, base, wt=ndimage.binary_fill_holes(base[0] > 0.5))
         expert = [(c["truth"].array > 0), np.isin(c["truth"].array, (1, 4)), c["truth"].array == 4]
-        via_grid = np.stack([onto(onto(c["truth"].with_array(r.astype(np.float32)), c["grid"]),
+        grid = c["prepared"].grid
+        via_grid = np.stack([onto(onto(c["truth"].with_array(r.astype(np.float32)), grid),
                                   c["mask"].grid).array for r in expert])
-        row["expert labels via the grid"] = scores(c, via_grid[0] > 0.5, via_grid, decided=False)
+        row["expert labels via the grid"] = scores(c, via_grid, decided=False)
         rows[c["id"]] = row
         print(f"{c['id']:<24}" + "  ".join(f"{n} {r['WT']['dice']:.3f}" for n, r in row.items()),
               flush=True)

@@ -665,9 +665,33 @@ def test_configurations_and_schedule():
     strong = resolve_config(parser.parse_args(["--data", "d", "--out", "o", "--config", "cpu",
                                                "--augmentation", "strong"]), 12)
     assert strong["augmentation"] == "strong"
+    dice = resolve_config(parser.parse_args(["--data", "d", "--out", "o", "--config", "cpu",
+                                             "--loss", "dice+bce"]), 12)
+    assert dice["loss"] == "dice+bce" and cpu["loss"] == "gdl+bce"
     # Linear warm-up to the full rate, then polynomial decay to zero.
     assert lr_factor(0, 10, 100) == pytest.approx(0.1) and lr_factor(9, 10, 100) == 1.0
     assert lr_factor(55, 10, 100) == pytest.approx(0.5 ** 0.9) and lr_factor(100, 10, 100) == 0.0
+
+
+def test_generalised_dice_weighs_a_whole_tumour_error_less_than_plain_dice():
+    """``--loss dice+bce`` exists because the generalised Dice weighs each region by the inverse
+    square of its volume: the same whole-tumour error costs it less than it costs plain Dice."""
+    import torch
+
+    from brainbarriers.tumor.losses import RegionLoss
+
+    target = torch.zeros(1, 3, 16, 16, 16)
+    target[:, 0, 2:14, 2:14, 2:14] = 1  # a large whole tumour
+    target[:, 1:, 7:9, 7:9, 7:9] = 1  # a small core and enhancing part
+    logits = (target * 2 - 1) * 20  # sure and right everywhere ...
+    logits[:, 0, 2:8] = -20  # ... but half the whole tumour missed
+
+    def dice_part(generalised):
+        loss = RegionLoss(generalised=generalised)
+        return float(loss.dice(logits, target))
+
+    assert dice_part(False) > 0.1  # plain Dice: a third of the WT term lost, averaged over three
+    assert dice_part(True) < dice_part(False) / 10
 
 
 def test_train_resume_gives_the_uninterrupted_run_and_a_package_with_validation(tmp_path, capsys):

@@ -269,14 +269,23 @@ def segment_with_uncertainty(images: Mapping[str, Volume], brain_mask: Volume,
     return _segment(images, brain_mask, package, spread=True, **kw)
 
 
-def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPackage, *,
-             spread: bool, tta: bool = True, device: str = "cpu",
-             small_et_ml: float | None = None, min_component_ml: float | None = None,
-             focus_core_ml: float | None = None,
-             overlap: float = DEFAULT_OVERLAP, flips: int = len(FLIPS),
-             nets: Sequence[torch.nn.Module] | None = None,
-             progress: Callable[[float, str], None] | None = None
-             ) -> Segmentation:
+class PreparedInput(NamedTuple):
+    """A case made ready for a package's networks (steps 1-3 of the module docstring)."""
+    x: np.ndarray  # normalised channels on the work grid (C x spatial, float32)
+    box: tuple  # the brain's box on the work grid (with a 4-voxel margin): where networks run
+    grid: Grid  # the work grid (canonical orientation, the package's voxel size)
+    brain: np.ndarray  # the brain mask on the work grid (bool)
+    ref: Volume  # the brain mask on the input grid: where results land
+
+    def crop(self, x: np.ndarray | None = None) -> torch.Tensor:
+        """``x`` (default the prepared channels, or a variant of them) cut to the brain's box."""
+        x = self.x if x is None else x
+        return torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + self.box], np.float32))
+
+
+def prepare_input(images: Mapping[str, Volume], brain_mask: Volume,
+                  package: ModelPackage) -> PreparedInput:
+    """The package's inputs checked, on its work grid, normalised inside the brain."""
     present = [s for s in package.inputs if s in images]
     if not package.accepts_subsets:
         package.require_inputs(images)
@@ -299,53 +308,86 @@ def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPac
     if not (mask.array > 0).any():
         raise InputError(brain_mask.source or None, "the brain mask is empty")
     norm = m.get("normalisation", {})
-    x = _prepare(seqs, mask, norm.get("kind", "brain-zscore"), tuple(norm.get("clip_percentiles", (0.5, 99.5))))
-    box = brain_box(mask.array > 0, margin=4)
-    crop = torch.from_numpy(np.ascontiguousarray(x[(slice(None),) + box]))
-    out = m.get("output", {"type": "regions", "channels": ["WT", "TC", "ET"]})
-    head = out.get("type", "regions")
-    nets = nets if nets is not None else package.networks(device)
-    roi = m.get("patch_size", [96, 96, 96])
-    predicted = predict_array(nets, crop, roi=roi, head=head, tta=tta, overlap=overlap,
-                              device=device, progress=progress, spread=spread, flips=flips)
-    channels = list(predicted) if spread else [predicted]  # probabilities (K), then the spread
-    prob = channels[0]
-    full = np.zeros((prob.shape[0] + spread,) + mask.shape, np.float32)
+    x = _prepare(seqs, mask, norm.get("kind", "brain-zscore"),
+                 tuple(norm.get("clip_percentiles", (0.5, 99.5))))
+    brain = mask.array > 0
+    return PreparedInput(x, brain_box(brain, margin=4), grid, brain, ref)
+
+
+def output_head(package: ModelPackage) -> tuple[str, dict]:
+    """The package's output kind ("regions" or "labels") and its ``output`` entry."""
+    out = package.manifest.get("output", {"type": "regions", "channels": ["WT", "TC", "ET"]})
+    return out.get("type", "regions"), out
+
+
+def to_input_grid(prepared: PreparedInput, maps: np.ndarray, head: str = "regions") -> np.ndarray:
+    """Maps over the brain's box (K x box) back on the input grid (K x input), linearly: zero
+    outside the box, except a label head's background channel (one there)."""
+    full = np.zeros((maps.shape[0],) + prepared.grid.shape, np.float32)
     if head == "labels":
-        full[0] = 1.0  # background outside the box
-    full[(slice(None, prob.shape[0]),) + box] = prob
-    if spread:
-        full[(-1,) + box] = channels[1]
-    # Back to the input grid: probabilities (linear), then decisions.
-    full = np.stack([onto(Volume(c, grid.affine), ref.grid).array for c in full])
+        full[0] = 1.0
+    full[(slice(None),) + prepared.box] = maps
+    return np.stack([onto(Volume(c, prepared.grid.affine), prepared.ref.grid).array for c in full])
+
+
+def decide(prob: np.ndarray, ref: Volume, package: ModelPackage, *,
+           small_et_ml: float | None = None, min_component_ml: float | None = None,
+           focus_core_ml: float | None = None) -> tuple[np.ndarray, list[dict], np.ndarray]:
+    """Steps 6-9 of the module docstring on the input grid: probabilities (K x input grid) ->
+    BraTS labels (uint8), the components cleared as not the main tumour, and the whole tumour's
+    probability before any post-processing. Options left None take the package's values."""
+    head, out = output_head(package)
     brain = ref.array > 0
-    uncertainty = None
-    if spread:
-        uncertainty = ref.with_array(np.clip(full[-1] * brain, 0, 1).astype(np.float32))
-        full = full[:-1]
     if head == "regions":
-        ch = {name: full[i] > 0.5 for i, name in enumerate(out["channels"])}
+        ch = {name: prob[i] > 0.5 for i, name in enumerate(out["channels"])}
         labels = labels_from_regions(ch["WT"] & brain, ch["TC"] & brain, ch["ET"] & brain)
-        whole = full[out["channels"].index("WT")]
+        whole = prob[out["channels"].index("WT")]
     elif head == "labels":
         label_map = {int(k): int(v) for k, v in out.get("label_map", {"0": 0, "1": 1, "2": 2, "3": 4}).items()}
-        whole = 1.0 - sum(full[k] for k, v in label_map.items() if v == 0)
-        cls = full.argmax(0)
+        whole = 1.0 - sum(prob[k] for k, v in label_map.items() if v == 0)
+        cls = prob.argmax(0)
         labels = np.zeros(cls.shape, np.uint8)
         for k, v in label_map.items():
             labels[cls == k] = v
         labels[~brain] = 0
     else:
         raise InputError(package.path, f"unknown output type {head!r} (regions or labels)")
-    post = m.get("postprocess", {})
+    post = package.manifest.get("postprocess", {})
+    voxel_ml = ref.voxel_volume_ml
     if min_component_ml is None:
         min_component_ml = float(post.get("min_component_ml", 0.0))
-    labels = remove_small_components(labels, ref.voxel_volume_ml, min_component_ml)
+    labels = remove_small_components(labels, voxel_ml, min_component_ml)
     if focus_core_ml is None:
         focus_core_ml = float(post.get("focus_core_ml", 0.0))
-    labels, cleared = keep_main_tumour(labels, ref.voxel_volume_ml, focus_core_ml)
+    labels, cleared = keep_main_tumour(labels, voxel_ml, focus_core_ml)
     if small_et_ml is None:
         small_et_ml = float(post.get("small_et_ml", DEFAULT_SMALL_ET_ML))
-    labels = relabel_small_et(labels, ref.voxel_volume_ml, small_et_ml)
-    probability = ref.with_array(np.clip(whole * brain, 0, 1).astype(np.float32))
-    return Segmentation(ref.with_array(labels.astype(np.uint8)), uncertainty, cleared, probability)
+    labels = relabel_small_et(labels, voxel_ml, small_et_ml)
+    return labels.astype(np.uint8), cleared, np.clip(whole * brain, 0, 1).astype(np.float32)
+
+
+def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPackage, *,
+             spread: bool, tta: bool = True, device: str = "cpu",
+             small_et_ml: float | None = None, min_component_ml: float | None = None,
+             focus_core_ml: float | None = None,
+             overlap: float = DEFAULT_OVERLAP, flips: int = len(FLIPS),
+             nets: Sequence[torch.nn.Module] | None = None,
+             progress: Callable[[float, str], None] | None = None
+             ) -> Segmentation:
+    prepared = prepare_input(images, brain_mask, package)
+    head, _ = output_head(package)
+    nets = nets if nets is not None else package.networks(device)
+    predicted = predict_array(nets, prepared.crop(), roi=package.manifest.get("patch_size", [96, 96, 96]),
+                              head=head, tta=tta, overlap=overlap, device=device,
+                              progress=progress, spread=spread, flips=flips)
+    prob = predicted[0] if spread else predicted
+    ref = prepared.ref
+    # Back to the input grid: probabilities (linear), then decisions.
+    labels, cleared, whole = decide(to_input_grid(prepared, prob, head), ref, package,
+                                    small_et_ml=small_et_ml, min_component_ml=min_component_ml,
+                                    focus_core_ml=focus_core_ml)
+    uncertainty = None
+    if spread:
+        disagreement = to_input_grid(prepared, predicted[1][None])[0]
+        uncertainty = ref.with_array(np.clip(disagreement * (ref.array > 0), 0, 1).astype(np.float32))
+    return Segmentation(ref.with_array(labels), uncertainty, cleared, ref.with_array(whole))

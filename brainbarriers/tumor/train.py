@@ -16,7 +16,8 @@
   warm-up and polynomial decay, generalised Dice + BCE; ConResNet: Adam 1e-4, weight decay 5e-4,
   batch 2, 80x160x160 crops, polynomial decay); ``cpu`` is a narrower, coarser configuration that
   trains on 2 CPU cores in about two hours and says so in its manifest. Any option given on the
-  command line overrides the configuration's value.
+  command line overrides the configuration's value (``--loss dice+bce``: plain Dice + BCE, whose
+  Dice counts WT, TC and ET alike where the generalised Dice counts the whole tumour least).
 - Augmentation (HNF-Netv2 paper): foreground-biased random crops, flips on the three axes, rotations
   up to 10 degrees, per-channel intensity shift (+-0.1) and scale (x 0.9-1.1). ``--augmentation
   strong`` adds nnU-Net's kinds (larger rotations, scaling, noise, blur, brightness, gamma);
@@ -349,6 +350,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout-subsets", nargs="+", default=None, metavar="SUBSET",
                    help="the subsets that modality dropout keeps, e.g. t1+flair flair (default: "
                         "all 14 non-empty proper subsets, uniformly)")
+    p.add_argument("--loss", default=None, choices=["gdl+bce", "dice+bce"],
+                   help="region loss: generalised Dice + BCE (HNF-Netv2's paper) or Dice + BCE, "
+                        "whose Dice weighs WT, TC and ET alike (generalised Dice weighs each by "
+                        "the inverse square of its volume, so the whole tumour least)")
     p.add_argument("--augmentation", default=None, choices=AUGMENTATIONS,
                    help="the paper's augmentation (default) or 'strong': nnU-Net's kinds added "
                         "(rotation, scaling, noise, blur, brightness, gamma), for few cases; "
@@ -382,7 +387,7 @@ def resolve_config(args: argparse.Namespace, n_train: int) -> dict:
         cfg["net"] = {"base": b} if args.arch != "hnfnetv2" else {
             **cfg["net"], "base": b, "widths": [b, b * 2, b * 4, b * 8], "ema_channels": b * 8}
     for key in ("batch_size", "patch", "spacing", "lr", "weight_decay", "warmup_epochs", "val_every",
-                "modality_dropout", "augmentation"):
+                "modality_dropout", "augmentation", "loss"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     if args.dropout_subsets is not None:
