@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tumor_validation import REGIONS, held_out_by, held_out_cases  # noqa: E402
+from tumor_validation import REGIONS, held_out_by, held_out_cases, mean_line  # noqa: E402
 
 
 def main() -> int:
@@ -109,9 +109,7 @@ def main() -> int:
           f"A = {a.name}, B = {b.name}")
     for name in next(iter(rows.values())):
         sel = [r[name] for r in rows.values()]
-        print(f"{name:<22}" + " ".join(
-            f"{k} {np.mean([s[k]['dice'] for s in sel]):.4f}/{np.mean([s[k]['hd95'] for s in sel]):5.1f}"
-            for k in REGIONS))
+        print(f"{name:<22}" + mean_line(sel, digits=4))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

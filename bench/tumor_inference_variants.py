@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tumor_validation import REGIONS, held_out_by, held_out_cases  # noqa: E402
+from tumor_validation import held_out_by, held_out_cases, mean_line  # noqa: E402
 
 HYSTERESIS = (0.5, 0.4, 0.3, 0.2)
 SHIFT_Z = 0.1
@@ -150,9 +150,7 @@ def main() -> int:
     print(f"\nmean over {len(cases)} held-out cases (Dice / HD95 mm), flips {'on' if args.flips else 'off'}")
     for name in rows[cases[0]["id"]]:
         sel = [r[name] for r in rows.values()]
-        print(f"{name:<28}" + " ".join(
-            f"{k} {np.mean([s[k]['dice'] for s in sel]):.4f}/{np.mean([s[k]['hd95'] for s in sel]):5.1f}"
-            for k in REGIONS))
+        print(f"{name:<28}" + mean_line(sel, digits=4))
     print("hysteresis nested chose", {c["id"]: rows[c["id"]]["hysteresis nested"]["T"] for c in cases})
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -48,6 +48,12 @@ def held_out_cases(package) -> list[Path]:
     return [found[i] for i in ids]
 
 
+def mean_line(scores: list[dict], digits: int = 3) -> str:
+    """Mean Dice / HD95 (mm) per region over cases' ``brats_scores``."""
+    return " ".join(f"{k} {np.mean([s[k]['dice'] for s in scores]):.{digits}f}/"
+                    f"{np.mean([s[k]['hd95'] for s in scores]):6.1f}" for k in REGIONS)
+
+
 def held_out_by(package, case_id: str) -> str | None:
     """The weights key of the fold that held ``case_id`` out, if the package was cross-validated."""
     for f in package.manifest.get("training", {}).get("folds", []):
@@ -146,9 +152,7 @@ def main() -> int:
         post_label = (f" +remove<{post:g}ml" if isinstance(post, float) else f" +{post}") if post else ""
         label = pkg + post_label + (
             "" if given == "+".join(packages[pkg].inputs) else f" [{given}]")
-        print(f"{label:<44}" + " ".join(
-            f"{k} {np.mean([r[k]['dice'] for r in sel]):.3f}/{np.mean([r[k]['hd95'] for r in sel]):6.1f}"
-            for k in REGIONS))
+        print(f"{label:<44}" + mean_line(sel))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
