@@ -30,6 +30,9 @@
    that the step can say where they were (on the real held-out cases, README: WT 0.801 -> 0.820);
 9. an enhancing region whose total volume is below ``small_et_ml`` (paper: 200 voxels = 0.2 ml at
    1 mm) is relabelled necrotic core (1).
+
+``prepare_input`` does 1-3, ``predict_array`` 4-5, ``to_input_grid`` and ``decide`` 6-9; the
+benches that combine network passes in other ways (``bench/tumor_ensemble.py``) use the same four.
 """
 
 from __future__ import annotations
