@@ -152,7 +152,7 @@ def main() -> int:
         post_label = (f" +remove<{post:g}ml" if isinstance(post, float) else f" +{post}") if post else ""
         label = pkg + post_label + (
             "" if given == "+".join(packages[pkg].inputs) else f" [{given}]")
-        print(f"{label:<44}" + mean_line(sel))
+        print(f"{label:<44} " + mean_line(sel))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
