@@ -380,9 +380,9 @@ def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPac
     prepared = prepare_input(images, brain_mask, package)
     head, _ = output_head(package)
     nets = nets if nets is not None else package.networks(device)
-    predicted = predict_array(nets, prepared.crop(), roi=package.manifest.get("patch_size", [96, 96, 96]),
-                              head=head, tta=tta, overlap=overlap, device=device,
-                              progress=progress, spread=spread, flips=flips)
+    roi = package.manifest.get("patch_size", [96, 96, 96])
+    predicted = predict_array(nets, prepared.crop(), roi=roi, head=head, tta=tta, overlap=overlap,
+                              device=device, progress=progress, spread=spread, flips=flips)
     prob = predicted[0] if spread else predicted
     ref = prepared.ref
     # Back to the input grid: probabilities (linear), then decisions.
@@ -392,5 +392,6 @@ def _segment(images: Mapping[str, Volume], brain_mask: Volume, package: ModelPac
     uncertainty = None
     if spread:
         disagreement = to_input_grid(prepared, predicted[1][None])[0]
-        uncertainty = ref.with_array(np.clip(disagreement * (ref.array > 0), 0, 1).astype(np.float32))
+        inside = disagreement * (ref.array > 0)
+        uncertainty = ref.with_array(np.clip(inside, 0, 1).astype(np.float32))
     return Segmentation(ref.with_array(labels), uncertainty, cleared, ref.with_array(whole))
